@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install everything the tests need on a fresh machine, then run them (CPU only).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-system.sh
+python3 -m pip install -q torch==2.13.0 -e ".[test]"
+exec python3 -m pytest -q "$@"

@@ -1,0 +1,80 @@
+"""The `unweather` command line: one entry point, one subcommand per job.
+
+Each area of the package owns its subcommands in a small `cli` module with a
+`register(subparsers)` function; handlers import heavy libraries only when they run,
+so `unweather --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from unweather import __version__
+from unweather.errors import UnweatherError
+from unweather.redact import RedactingFilter, redact
+
+# The modules that add subcommands, in the order `--help` lists them.
+COMMAND_MODULES = (
+    "unweather.stream.cli",
+    "unweather.models.cli",
+    "unweather.engine.cli",
+    "unweather.training.cli",
+    "unweather.bench",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="unweather",
+        description="Remove rain, snow and haze from camera streams and videos in real time.",
+    )
+    parser.add_argument("--version", action="version", version=f"unweather {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger("unweather")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except UnweatherError as exc:
+        print(f"unweather: error: {redact(str(exc))}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("unweather: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the last line of defence: one line, never a traceback by default
+        if args.debug:
+            raise
+        print(f"unweather: error: {type(exc).__name__}: {redact(str(exc))} "
+              "(run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""The networks: MSBDN-RDFF (the paper's teachers and student), our real-time students, identity.
+
+Each model module is imported here by name, which registers its factories.
+"""
+
+from unweather.models import identity  # noqa: F401  (registers models)
+from unweather.models.padding import PadCrop, pad_to_multiple
+from unweather.models.registry import UnknownModelError, build, names, register_model
+
+__all__ = ["PadCrop", "UnknownModelError", "build", "names", "pad_to_multiple", "register_model"]

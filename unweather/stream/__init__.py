@@ -1,0 +1,1 @@
+"""Decode -> infer -> encode over files, folders, cameras and network streams."""

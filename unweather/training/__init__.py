@@ -1,0 +1,1 @@
+"""Synthetic weather, single-weather teachers and the two-stage student."""
