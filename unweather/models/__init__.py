@@ -3,7 +3,7 @@
 Each model module is imported here by name, which registers its factories.
 """
 
-from unweather.models import identity  # noqa: F401  (registers models)
+from unweather.models import identity, msbdn  # noqa: F401  (registers models)
 from unweather.models.padding import PadCrop, pad_to_multiple
 from unweather.models.registry import UnknownModelError, build, names, register_model
 

@@ -7,14 +7,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+def padded_size(size: int, multiple: int, min_size: int = 1) -> int:
+    """Return the smallest multiple of `multiple` that is at least `size` and `min_size`."""
+    target = max(size, min_size, 1)
+    return -(-target // multiple) * multiple
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int = 1) -> torch.Tensor:
     """Pad the last two dimensions of `x` at the bottom and right to a multiple of `multiple`.
 
-    Reflection is used wherever the frame is large enough; a dimension too small to reflect
-    (1 pixel) is replicated. No pixel that is kept afterwards changes.
+    Both dimensions are also padded to at least `min_size` (some networks need more rows than
+    one multiple at their coarsest level). Reflection is used wherever the frame is large enough;
+    a dimension too small to reflect (1 pixel) is replicated. No pixel that is kept afterwards
+    changes.
     """
     h, w = x.shape[-2:]
-    pad_h, pad_w = (-h) % multiple, (-w) % multiple
+    pad_h = padded_size(h, multiple, min_size) - h
+    pad_w = padded_size(w, multiple, min_size) - w
     while pad_h or pad_w:
         # Reflection needs pad < size: grow in steps for frames smaller than the padding.
         step_h = min(pad_h, x.shape[-2] - 1)
@@ -28,13 +37,17 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 class PadCrop(nn.Module):
-    """Wrap a network so it takes any frame size: pad to its `pad_multiple`, run, crop back."""
+    """Wrap a network so it takes any frame size: pad to its `pad_multiple`, run, crop back.
+
+    A network may also declare `min_size`, the smallest height and width it accepts.
+    """
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
         self.multiple = int(getattr(net, "pad_multiple", 1))
+        self.min_size = int(getattr(net, "min_size", 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        return self.net(pad_to_multiple(x, self.multiple))[..., :h, :w]
+        return self.net(pad_to_multiple(x, self.multiple, self.min_size))[..., :h, :w]
