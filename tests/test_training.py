@@ -1,0 +1,306 @@
+"""Training: batches, teacher pairing, every stage's gradients, frozen teachers, resume, config."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from unweather.errors import UnweatherError
+from unweather.training import config as config_mod
+from unweather.training import data
+from unweather.training.tasks import DirectTask, KCTask, KETask, StudentWithCKT, TeacherTask
+from unweather.training.trainer import Stage, Trainer, lr_factor
+
+WEATHERS = ["haze", "rain", "snow"]
+
+
+@pytest.fixture(scope="module")
+def meta_dir(tmp_path_factory) -> Path:
+    """A tiny synthetic data set: 3 photos, 32 px crops, rain/snow/haze and a clean set."""
+    import cv2
+
+    from unweather.training.synth import synthesize
+
+    root = tmp_path_factory.mktemp("synth")
+    rng = np.random.default_rng(0)
+    photos = []
+    yy, xx = np.mgrid[0:80, 0:96]
+    for i in range(3):
+        image = np.stack([(xx * (i + 1) * 2) % 255, (yy * 3 + 40 * i) % 255, (xx + yy) % 255], -1)
+        image = (image + rng.integers(0, 20, image.shape)).clip(0, 255).astype(np.uint8)
+        path = root / f"photo{i}.png"
+        cv2.imwrite(str(path), image)
+        photos.append(path)
+    synthesize(photos, root / "data", crops=2, size=32, seed=0, valid_fraction=0.34, clean_pairs=1)
+    return root / "data"
+
+
+def tiny_cfg() -> config_mod.TrainConfig:
+    cfg = config_mod.preset("tiny")
+    cfg.data.crop = 32
+    return cfg
+
+
+def test_presets_and_overrides(tmp_path):
+    paper = config_mod.preset("paper")
+    assert (paper.optim.lr, paper.optim.scale_lr_by_batch, paper.optim.betas) == (2e-4, True, (0.9, 0.999))
+    assert (paper.data.crop, paper.schedule.kc_epochs, paper.schedule.ke_epochs) == (224, 125, 125)
+    assert (paper.schedule.warmup_epochs, paper.schedule.val_every_epochs, paper.log.keep_best) == (3, 2, 3)
+    assert paper.loss.mcr == "vgg19" and paper.loss.scr_positive == "teacher"
+    assert (paper.loss.pfv, paper.loss.scr, paper.loss.hcr) == (0.05, 0.1, 0.2)
+    assert config_mod.preset("cpu").loss.mcr == "teacher"
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("preset: tiny\noptim:\n  lr: 0.01\ndata:\n  crop: 48\n")
+    cfg = config_mod.load("cpu", yaml_file, ["loss.mcr=none", "data.flip=false"])
+    assert (cfg.preset, cfg.optim.lr, cfg.data.crop, cfg.loss.mcr, cfg.data.flip) == ("tiny", 0.01, 48, "none", False)
+    with pytest.raises(UnweatherError, match="unknown configuration field"):
+        config_mod.load("cpu", None, ["optim.learning_rate=1"])
+    with pytest.raises(UnweatherError, match="not a valid int"):
+        config_mod.load("cpu", None, ["data.crop=big"])
+    config_mod.save(cfg, tmp_path / "run")
+    assert config_mod.from_dict(json.loads((tmp_path / "run" / "config.json").read_text())).to_dict() == cfg.to_dict()
+
+
+def test_lr_schedule_warms_up_then_decays_to_min():
+    values = [lr_factor(s, 100, 10, 0.01) for s in range(101)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(values[10:]))
+    assert values[100] == pytest.approx(0.01)
+
+
+def test_every_batch_holds_every_weather(meta_dir):
+    train, clean = data.split_clean(data.load_pairs(meta_dir, "train"))
+    assert sorted(train) == WEATHERS and clean
+    cfg = tiny_cfg().data
+    batches = data.WeatherBatches(train, cfg, seed=3, per_weather=3, clean=2, clean_paths=clean)
+    for step in range(12):
+        batch = batches.batch(step)
+        assert [g[0] for g in batch.groups] == [*WEATHERS, data.CLEAN]
+        assert [g[2] - g[1] for g in batch.groups] == [3, 3, 3, 2]
+        assert batch.inputs.shape == (11, 3, 32, 32) and batch.inputs.dtype == torch.uint8
+        assert [s[0] for s in batches.plan(step)] == [w for w in WEATHERS for _ in range(3)] + [data.CLEAN] * 2
+        # Clean pairs: input is the target.
+        assert torch.equal(batch.inputs[9:], batch.targets[9:])
+    # Batch s depends only on (seed, s): resuming draws the same batches.
+    again = data.WeatherBatches(train, cfg, seed=3, per_weather=3, clean=2, clean_paths=clean)
+    assert torch.equal(again.batch(7).inputs, batches.batch(7).inputs)
+    # One pass of a weather's pairs visits each pair once.
+    n = len(train["rain"])
+    plan_rain = [p for s in range(-(-n // 3)) for p in batches.plan(s) if p[0] == "rain"][:n]
+    assert sorted(p[2] for p in plan_rain) == sorted(d for _, d in train["rain"])
+
+
+def test_teacher_pairing_is_explicit_and_checked():
+    meta = {Path("a.safetensors"): {"weathers": '["rain"]'}, Path("b.safetensors"): {"weathers": '["snow"]'},
+            Path("c.safetensors"): {}}
+    sets = ["rain", "snow"]
+    assert data.pair_teachers(["a.safetensors", "b.safetensors"], sets, meta) == [
+        ("rain", Path("a.safetensors")), ("snow", Path("b.safetensors"))]
+    # Order follows the command line, never file names.
+    assert data.pair_teachers(["snow=b.safetensors", "rain=a.safetensors"], sets, meta)[0][0] == "snow"
+    assert data.pair_teachers(["rain=c.safetensors", "snow=b.safetensors"], sets, meta)[0] == (
+        "rain", Path("c.safetensors"))
+    with pytest.raises(UnweatherError, match="trained on rain"):
+        data.pair_teachers(["snow=a.safetensors", "rain=b.safetensors"], sets, meta)
+    with pytest.raises(UnweatherError, match="name it explicitly"):
+        data.pair_teachers(["c.safetensors", "b.safetensors"], sets, meta)
+    with pytest.raises(UnweatherError, match="more than one teacher"):
+        data.pair_teachers(["a.safetensors", "rain=c.safetensors"], sets, meta)
+    with pytest.raises(UnweatherError, match="has no teacher"):
+        data.pair_teachers(["a.safetensors"], sets, meta)
+    with pytest.raises(UnweatherError, match="no data set"):
+        data.pair_teachers(["a.safetensors", "b.safetensors", "haze=c.safetensors"], sets, meta)
+
+
+# -- stand-ins until the real networks are wired (same interfaces) --------------------------------------
+
+
+class TinyNet(nn.Module):
+    """A small network with the project's interface: 4 taps at 1/4, 1/8, 1/16, 1/16."""
+
+    pad_multiple = 16
+
+    def __init__(self, c: int = 4) -> None:
+        super().__init__()
+        self.tap_channels = (c, 2 * c, 2 * c, 2 * c)
+        self.down4 = nn.Conv2d(3, c, 4, 4)
+        self.down8 = nn.Conv2d(c, 2 * c, 2, 2)
+        self.down16 = nn.Conv2d(2 * c, 2 * c, 2, 2)
+        self.body = nn.Conv2d(2 * c, 2 * c, 3, padding=1)
+        self.up = nn.Conv2d(2 * c, 3 * 256, 1)
+        self.act = nn.PReLU()
+
+    def forward(self, x: torch.Tensor, return_feat: bool = False):
+        t0 = self.act(self.down4(x))
+        t1 = self.act(self.down8(t0))
+        t2 = self.act(self.down16(t1))
+        t3 = t2 + self.body(t2)
+        out = x + nn.functional.pixel_shuffle(self.up(t3), 16)
+        return (out, [t0, t1, t2, t3]) if return_feat else out
+
+
+class StandInCKT(nn.Module):
+    """The CKT interface: per tap, PFP per teacher + one for the student, IPFP per teacher."""
+
+    def __init__(self, teacher_channels, student_channels, num_teachers) -> None:
+        super().__init__()
+
+        def proj(cin, cout):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.ReLU(),
+                                 nn.Conv2d(cout, cout, 3, padding=1, bias=False))
+
+        self.pfp_s = nn.ModuleList(proj(s, t // 2) for s, t in zip(student_channels, teacher_channels, strict=True))
+        self.pfp = nn.ModuleList(nn.ModuleList(proj(t, t // 2) for _ in range(num_teachers))
+                                 for t in teacher_channels)
+        self.ipfp = nn.ModuleList(nn.ModuleList(proj(t // 2, t) for _ in range(num_teachers))
+                                  for t in teacher_channels)
+
+    def forward(self, student_taps, teacher_taps):
+        out = []
+        for level, s in enumerate(student_taps):
+            feats = [teacher_taps[k][level] for k in range(len(teacher_taps))]
+            proj = [self.pfp[level][k](f) for k, f in enumerate(feats)]
+            out.append({"student": self.pfp_s[level](s), "teacher": torch.cat(proj),
+                        "recon": torch.cat([self.ipfp[level][k](p) for k, p in enumerate(proj)]),
+                        "feat": torch.cat(feats)})
+        return out
+
+
+def make_ckt(teacher_channels, student_channels, num_teachers) -> nn.Module:
+    try:
+        from unweather.models.ckt import CKT
+    except ImportError:
+        CKT = StandInCKT
+    return CKT(teacher_channels, student_channels, num_teachers)
+
+
+def grads_of(module: nn.Module) -> dict[str, bool]:
+    return {n: p.grad is not None and bool(p.grad.abs().sum() > 0) for n, p in module.named_parameters()}
+
+
+def student_setup(meta_dir: Path, mcr: str = "teacher"):
+    train, clean = data.split_clean(data.load_pairs(meta_dir, "train"))
+    cfg = tiny_cfg()
+    cfg.loss.mcr = mcr
+    batches = data.WeatherBatches(train, cfg.data, seed=0, clean_paths=clean)
+    teachers = [(w, TinyNet(4)) for w in WEATHERS]
+    student = TinyNet(2)
+    body = StudentWithCKT(student, make_ckt(list(teachers[0][1].tap_channels), list(student.tap_channels), 3))
+    return cfg, batches, teachers, body
+
+
+@pytest.mark.parametrize("mcr", ["teacher", "vgg19", "none"])
+def test_kc_stage_trains_student_and_ckt_not_teachers(meta_dir, mcr):
+    from unweather.training.vgg import VGG19Features
+
+    cfg, batches, teachers, body = student_setup(meta_dir, mcr)
+    cfg.loss.pixel_balance = "input"
+    features = VGG19Features(weights=None) if mcr == "vgg19" else None
+    task = KCTask(body, teachers, cfg.loss, features)
+    before = {w: {k: v.clone() for k, v in t.state_dict().items()} for w, t in teachers}
+    terms = task(batches.batch(0).to("cpu"))
+    assert set(terms) == ({"pixel", "pfe", "pfv"} | ({"scr"} if mcr != "none" else set()))
+    sum(terms.values()).backward()
+    missing = [n for n, ok in grads_of(body).items() if not ok]
+    assert not missing, f"no gradient: {missing}"
+    for w, t in teachers:
+        assert all(p.grad is None for p in t.parameters())
+        assert not t.training
+    torch.optim.Adam(body.parameters(), lr=1e-2).step()
+    for w, t in teachers:
+        for k, v in t.state_dict().items():
+            assert torch.equal(v, before[w][k])
+
+
+@pytest.mark.parametrize("mcr", ["teacher", "vgg19"])
+def test_ke_stage_trains_the_student_only(meta_dir, mcr):
+    from unweather.training.vgg import VGG19Features
+
+    cfg, batches, teachers, body = student_setup(meta_dir, mcr)
+    features = VGG19Features(weights=None) if mcr == "vgg19" else None
+    task = KETask(body, teachers, cfg.loss, features)
+    terms = task(batches.batch(1).to("cpu"))
+    assert set(terms) == {"pixel", "hcr"}
+    sum(terms.values()).backward()
+    assert all(grads_of(body.student).values())
+    assert all(p.grad is None for p in body.ckt.parameters())
+    assert all(p.grad is None for _, t in teachers for p in t.parameters())
+
+
+def test_teacher_and_direct_tasks_give_every_parameter_a_gradient(meta_dir):
+    cfg, batches, _, body = student_setup(meta_dir)
+    teacher = TinyNet(4)
+    TeacherTask(teacher, cfg.loss)(batches.batch(0).to("cpu"))["pixel"].backward()
+    assert all(grads_of(teacher).values())
+    terms = DirectTask(body, cfg.loss)(batches.batch(0).to("cpu"))
+    assert set(terms) == {"pixel"}
+    terms["pixel"].backward()
+    assert all(grads_of(body.student).values())
+
+
+def test_kc_rejects_a_batch_whose_weathers_do_not_match_the_teachers(meta_dir):
+    cfg, batches, teachers, body = student_setup(meta_dir)
+    task = KCTask(body, list(reversed(teachers)), cfg.loss)
+    with pytest.raises(ValueError, match="do not match"):
+        task(batches.batch(0).to("cpu"))
+
+
+def _save_net(net: nn.Module, path: Path, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path), metadata=metadata)
+
+
+def _teacher_trainer(meta_dir: Path, run_dir: Path, steps: int, seed: int = 0) -> tuple[Trainer, nn.Module]:
+    torch.manual_seed(seed)
+    cfg = tiny_cfg()
+    train = data.select(data.load_pairs(meta_dir, "train"), ["rain"], "train")
+    valid = data.ValidSet.build(data.select(data.load_pairs(meta_dir, "valid"), ["rain"], "valid"), cfg.data,
+                                clean=False)
+    batches = data.WeatherBatches(train, cfg.data, seed, clean=0)
+    net = TinyNet(4)
+    stage = Stage("teacher", TeacherTask(net, cfg.loss), steps)
+    trainer = Trainer(cfg, net, [stage], batches, valid, run_dir, _save_net, {"role": "teacher"},
+                      torch.device("cpu"), val_every=2, warmup=1)
+    return trainer, net
+
+
+def test_resume_continues_from_the_saved_step(meta_dir, tmp_path):
+    full, full_net = _teacher_trainer(meta_dir, tmp_path / "full", steps=6)
+    full.fit()
+
+    first, _ = _teacher_trainer(meta_dir, tmp_path / "cut", steps=6)
+    calls = {"n": 0}
+    task = first.stages[0].task
+    original = task.forward
+
+    def stop_after_three(batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            first.request_stop()  # what SIGINT does
+        return original(batch)
+
+    task.forward = stop_after_three
+    result = first.fit()
+    assert result.interrupted and result.step == 3
+    assert json.loads((tmp_path / "cut" / "last.json").read_text())["step"] == 3
+
+    second, net = _teacher_trainer(meta_dir, tmp_path / "cut", steps=6, seed=0)
+    result = second.fit(resume=True)
+    assert result.step == 6 and not result.interrupted
+    steps = [json.loads(line)["step"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 6
+    for (k, a), b in zip(net.state_dict().items(), full_net.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=f"{k} differs after resume")
+    assert 1 <= len(result.best) <= 2
+    assert all(Path(b["path"]).is_file() for b in result.best)
+    # Resuming a different schedule is refused.
+    other, _ = _teacher_trainer(meta_dir, tmp_path / "cut", steps=8)
+    with pytest.raises(UnweatherError, match="cannot resume"):
+        other.fit(resume=True)
