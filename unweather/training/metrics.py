@@ -1,0 +1,114 @@
+"""Image quality metrics: PSNR and SSIM, on RGB or on the Y channel (BT.601, as MATLAB's rgb2ycbcr).
+
+Inputs are torch tensors (N, 3, H, W) or (3, H, W), or numpy arrays in image layout (H, W, 3) or
+(N, H, W, 3), with values in [0, data_range]. Each metric is computed per image and averaged over
+the batch (or returned per image with `reduction="none"`).
+
+SSIM is kornia's (`kornia.metrics.ssim`): an 11x11 Gaussian window with sigma 1.5, constants
+K1 = 0.01 and K2 = 0.03, averaged over the valid region (no padding) and over channels. This is
+Wang et al.'s SSIM and scikit-image's `structural_similarity(gaussian_weights=True, sigma=1.5,
+use_sample_covariance=False)`.
+
+On Y, the image is converted as MATLAB's rgb2ycbcr does (Y in [16, 235] out of 255) and scaled
+back to [0, 1], the convention of the paper's release for its rain PSNR.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+# MATLAB rgb2ycbcr, BT.601 "studio swing": Y = 16 + 65.481 R + 128.553 G + 24.966 B, R, G, B in [0, 1].
+_Y_WEIGHTS = (65.481, 128.553, 24.966)
+_Y_OFFSET = 16.0
+
+
+def _as_nchw(x: Any) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        t = x
+        if t.ndim == 3:
+            t = t.unsqueeze(0)
+    else:
+        a = np.asarray(x)
+        if a.ndim == 3:
+            a = a[None]
+        if a.ndim != 4 or a.shape[-1] not in (1, 3):
+            raise ValueError(f"expected a numpy image (H, W, 3) or (N, H, W, 3), got shape {a.shape}")
+        t = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2)
+    if t.ndim != 4 or t.shape[1] not in (1, 3):
+        raise ValueError(f"expected a tensor (N, 3, H, W) or (3, H, W), got shape {tuple(t.shape)}")
+    return t.to(torch.float64)
+
+
+def _pair(a: Any, b: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    ta, tb = _as_nchw(a), _as_nchw(b)
+    if ta.shape != tb.shape:
+        raise ValueError(f"images differ in shape: {tuple(ta.shape)} and {tuple(tb.shape)}")
+    return ta, tb.to(ta.device)
+
+
+def rgb_to_y(x: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """MATLAB rgb2ycbcr's luma of (N, 3, H, W) RGB in [0, data_range], as (N, 1, H, W) in [0, data_range].
+
+    Y spans 16/255 to 235/255 of `data_range`, like MATLAB's uint8 Y divided by 255.
+    """
+    w = torch.tensor(_Y_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    y = (x / data_range * w).sum(dim=1, keepdim=True) + _Y_OFFSET
+    return y / 255.0 * data_range
+
+
+def _reduce(values: torch.Tensor, reduction: str) -> float | torch.Tensor:
+    if reduction == "mean":
+        return float(values.mean())
+    if reduction == "none":
+        return values
+    raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+
+
+def psnr(a: Any, b: Any, data_range: float = 1.0, y_channel: bool = False,
+         reduction: str = "mean") -> float | torch.Tensor:
+    """Peak signal-to-noise ratio in dB, per image, averaged over the batch.
+
+    Args:
+        a: an image or batch (see the module docstring).
+        b: the reference, same shape.
+        data_range: the value of white (1.0 for float images, 255 for 8-bit values).
+        y_channel: compare the Y channel (BT.601 as MATLAB's rgb2ycbcr) instead of RGB.
+        reduction: "mean" for the batch mean as a float, "none" for a float64 tensor (N,).
+
+    Returns:
+        PSNR in dB; inf where the images are identical.
+    """
+    ta, tb = _pair(a, b)
+    if y_channel:
+        ta, tb = rgb_to_y(ta, data_range), rgb_to_y(tb, data_range)
+    mse = ((ta - tb) ** 2).flatten(1).mean(dim=1)
+    values = 10.0 * torch.log10(data_range**2 / mse)
+    return _reduce(values, reduction)
+
+
+def ssim(a: Any, b: Any, data_range: float = 1.0, y_channel: bool = False,
+         reduction: str = "mean") -> float | torch.Tensor:
+    """Structural similarity with an 11x11 Gaussian window (sigma 1.5), per image, averaged.
+
+    Args:
+        a: an image or batch (see the module docstring); at least 11x11 pixels.
+        b: the reference, same shape.
+        data_range: the value of white.
+        y_channel: compare the Y channel (BT.601 as MATLAB's rgb2ycbcr) instead of RGB.
+        reduction: "mean" for the batch mean as a float, "none" for a float64 tensor (N,).
+
+    Returns:
+        SSIM, at most 1.
+    """
+    from kornia.metrics import ssim as kornia_ssim
+
+    ta, tb = _pair(a, b)
+    if min(ta.shape[-2:]) < 11:
+        raise ValueError(f"SSIM needs images of at least 11x11 pixels, got {tuple(ta.shape[-2:])}")
+    if y_channel:
+        ta, tb = rgb_to_y(ta, data_range), rgb_to_y(tb, data_range)
+    ssim_map = kornia_ssim(ta, tb, 11, max_val=float(data_range), eps=0.0, padding="valid")
+    return _reduce(ssim_map.flatten(1).mean(dim=1), reduction)
