@@ -1,0 +1,457 @@
+"""Restore video archives on a Ray cluster: chunks through a pool of restorer actors, exactly once.
+
+Ray Data carries only chunk descriptions (paths and packet ranges); each actor builds one engine and
+runs the whole decode -> infer -> encode pipeline on its chunk with `unweather.stream.run`, so frames
+never travel through Ray's object store. Inputs, the output folder and its working folder must be on a
+file system every node sees (NFS, a shared disk), as with any Ray job that reads and writes files.
+
+Exactly once: every chunk and every output is written under a temporary name and renamed when
+complete; a retried chunk simply writes again, and a killed worker's temporary files are deleted at
+the end. Finished chunks stay in the working folder until their input is joined, so `resume` skips them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from unweather.cluster.chunks import count_video_packets, cut, join, publish, remove_temps, temp_path
+from unweather.cluster.planner import Chunk, InputPlan, plan_input
+from unweather.cluster.ray_connect import connect, require_ray
+from unweather.cluster.sources import Source, apply_options
+from unweather.errors import UnweatherError
+from unweather.redact import redact
+
+log = logging.getLogger(__name__)
+
+WORK_DIR = ".unweather-work"
+
+# runner(input, output, config, engine=..., stop_event=...) -> stats (an object with to_dict(), or a dict)
+Runner = Callable[..., Any]
+
+
+@dataclasses.dataclass
+class ArchiveOptions:
+    """How an archive run uses the cluster.
+
+    Attributes:
+        chunk_seconds: shortest chunk (cuts fall on the next clean keyframe); None: one chunk per file
+            up to 5 minutes, 2-minute chunks beyond; 0: always one chunk per file.
+        resume: keep finished chunks and outputs from an earlier run and do only what is missing.
+        max_failed: stop scheduling new chunks once more than this many inputs have failed (None: never).
+        retries: attempts after the first for a chunk that raises, on the same actor.
+        actors: restorer actors in the pool; None: one per `gpus_per_actor` share of the cluster's GPUs,
+            or half the cluster's CPUs without GPUs.
+        gpus_per_actor: GPU share of each actor (0.5 puts two actors on a GPU); None: 1 if the cluster
+            has GPUs, else 0.
+        cpus_per_actor: CPUs each actor reserves; None: 0 for GPU actors (they wait on the GPU; an actor
+            holding CPUs would starve Ray's own tasks, ray-project/ray#44687), 1 otherwise.
+        chunk_timeout: seconds one chunk may take before it is stopped and counted as failed.
+        start_timeout: seconds to wait for the actor pool to start (no capacity fails, never hangs).
+        progress: show a progress bar over chunks and frames.
+        keep_chunks: keep the restored chunks after joining.
+    """
+
+    chunk_seconds: float | None = None
+    resume: bool = False
+    max_failed: int | None = None
+    retries: int = 2
+    actors: int | None = None
+    gpus_per_actor: float | None = None
+    cpus_per_actor: float | None = None
+    chunk_timeout: float = 6 * 3600.0
+    start_timeout: float = 300.0
+    progress: bool = True
+    keep_chunks: bool = False
+
+
+def default_runner() -> Runner:
+    """`unweather.stream.run`, the single-machine pipeline."""
+    from unweather.stream import run
+
+    return run
+
+
+def open_engine(config: Any):
+    """Build the engine a config asks for (once per actor)."""
+    import importlib
+
+    import unweather.engine as engine_mod
+
+    builder = getattr(importlib.import_module("unweather.stream"), "open_engine", None)
+    if builder is not None and config is not None:
+        return builder(config)
+    names = ("model", "backend", "precision", "device")
+    kwargs = {n: getattr(config, n) for n in names if config is not None and getattr(config, n, None)}
+    return engine_mod.open(**kwargs)
+
+
+def config_digest(config: Any) -> str:
+    """A short digest of a config, so chunks restored with other settings are never reused."""
+    data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
+    return hashlib.sha1(json.dumps(data, sort_keys=True, default=repr).encode()).hexdigest()[:8]
+
+
+def output_path(source: Source, output_dir: str) -> str:
+    """Where a source's restored file goes: its own `output`, or `output_dir/NAME.EXT` (the input's EXT)."""
+    if source.output and not source.output.endswith(("/", os.sep)):
+        return source.output
+    folder = source.output or output_dir
+    ext = os.path.splitext(source.input)[1].lower()
+    if ext not in (".mp4", ".mkv", ".mov", ".m4v", ".webm", ".ts"):
+        ext = ".mkv"
+    return os.path.join(folder, source.name + ext)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+class ChunkRestorer:
+    """A Ray Data actor: one engine, built once, restoring one chunk per call."""
+
+    def __init__(self, config: Any, runner: Runner | None = None, retries: int = 2,
+                 chunk_timeout: float = 6 * 3600.0) -> None:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        self.where = {"node": ctx.get_node_id(), "worker": ctx.get_worker_id(),
+                      "actor": ctx.get_actor_id() or "", "host": socket.gethostname(), "pid": os.getpid(),
+                      "gpus": ",".join(str(g) for g in ray.get_gpu_ids())}
+        self.config = config
+        self.runner = runner or default_runner()
+        self.retries = retries
+        self.chunk_timeout = chunk_timeout
+        self.engine = open_engine(config)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        n = len(next(iter(batch.values())))
+        results = [self.restore({k: _plain(v[i]) for k, v in batch.items()}) for i in range(n)]
+        return {k: [r[k] for r in results] for k in results[0]}
+
+    def restore(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Restore one chunk into `row["chunk_path"]`; never raises (errors are returned)."""
+        chunk = Chunk(input=row["input"], index=row["index"], count=row["count"], key_pts=row["key_pts"],
+                      first_packet=row["first_packet"], frames=row["frames"], start=row["start"],
+                      end=row["end"])
+        final = row["chunk_path"]
+        began = time.monotonic()
+        error = ""
+        attempts = 0
+        # A retry after this worker was killed past the rename finds the chunk done.
+        if not (os.path.exists(final) and count_video_packets(final) == chunk.frames):
+            for attempts in range(1, self.retries + 2):
+                error = self._attempt(chunk, final)
+                if not error:
+                    break
+                log.warning("%s chunk %d attempt %d failed: %s", redact(chunk.input), chunk.index,
+                            attempts, error)
+        return {"name": row["name"], "index": chunk.index, "status": "failed" if error else "done",
+                "frames": 0 if error else chunk.frames, "seconds": time.monotonic() - began,
+                "attempts": attempts, "error": error, **self.where}
+
+    def _attempt(self, chunk: Chunk, final: str) -> str:
+        cut_path = None
+        tmp = temp_path(final)
+        stop = threading.Event()
+        timer = threading.Timer(self.chunk_timeout, stop.set)
+        timer.daemon = True
+        try:
+            source = chunk.input
+            if not chunk.whole:
+                stem = os.path.splitext(final)[0]
+                cut_path = temp_path(f"{stem}-input.mkv")
+                cut(chunk, cut_path)
+                source = cut_path
+            timer.start()
+            self.runner(source, tmp, self.config, engine=self.engine, stop_event=stop)
+            if stop.is_set():
+                return f"timed out after {self.chunk_timeout:g} s"
+            frames = count_video_packets(tmp)
+            if frames != chunk.frames:
+                return f"restored {frames} frames of {chunk.frames}"
+            publish(tmp, final)
+            return ""
+        except Exception as exc:  # noqa: BLE001 - a chunk's failure is retried, then reported, never fatal
+            return f"{type(exc).__name__}: {redact(str(exc))}"
+        finally:
+            timer.cancel()
+            for path in (tmp, cut_path):
+                if path and os.path.exists(path):
+                    os.remove(path)
+
+
+@dataclasses.dataclass
+class _Job:
+    source: Source
+    output: str
+    config: Any
+    plan: InputPlan | None = None
+    work: str = ""
+    chunk_paths: list[str] = dataclasses.field(default_factory=list)
+    done: set[int] = dataclasses.field(default_factory=set)
+    status: str = "pending"
+    error: str = ""
+    frames: int = 0
+    audio_packets: int = 0
+
+
+def _pool_shape(options: ArchiveOptions, resources: dict[str, float], n_chunks: int) -> tuple[int, float, float]:
+    gpus = float(resources.get("GPU", 0))
+    cpus = float(resources.get("CPU", 0))
+    share = options.gpus_per_actor if options.gpus_per_actor is not None else (1.0 if gpus else 0.0)
+    if options.actors:
+        actors = options.actors
+    elif share > 0:
+        actors = max(1, int(gpus / share + 1e-9))
+    else:
+        actors = max(1, int(cpus // 2))
+    actors = max(1, min(actors, n_chunks))
+    cpu_share = options.cpus_per_actor if options.cpus_per_actor is not None else (0.0 if share > 0 else 1.0)
+    return actors, share, cpu_share
+
+
+def run_archive(sources: Sequence[Source], output_dir: str, config: Any = None,
+                options: ArchiveOptions | None = None, runner: Runner | None = None) -> dict:
+    """Restore files on the Ray cluster this process is connected to (see `connect`).
+
+    Args:
+        sources: the files; each one's `options` override `config`.
+        output_dir: the folder for outputs (and the hidden working folder for chunks).
+        config: a `unweather.stream.RunConfig` (None: its defaults).
+        options: how to chunk, retry, resume and size the actor pool.
+        runner: the pipeline run on each chunk (default `unweather.stream.run`).
+
+    Returns:
+        Stats: per input (output, status, frames, error), per chunk (node, worker, pid, seconds,
+        attempts, error) and totals.
+    """
+    ray = require_ray()
+    options = options or ArchiveOptions()
+    if config is None:
+        from unweather.stream import RunConfig
+
+        config = RunConfig()
+    began = time.monotonic()
+    os.makedirs(output_dir, exist_ok=True)
+    work_root = os.path.join(output_dir, WORK_DIR)
+    jobs = [_prepare(source, output_dir, work_root, config, options) for source in sources]
+    chunk_rows: list[dict] = []
+    for job in jobs:
+        if job.status == "skipped":
+            continue
+        if job.status == "failed" or job.plan is None:
+            continue
+        for chunk, path in zip(job.plan.chunks, job.chunk_paths):
+            if chunk.index in job.done:
+                continue
+            chunk_rows.append({"name": job.source.name, "input": chunk.input, "index": chunk.index,
+                               "count": chunk.count, "key_pts": chunk.key_pts,
+                               "first_packet": chunk.first_packet, "frames": chunk.frames,
+                               "start": chunk.start, "end": chunk.end, "chunk_path": path})
+    by_name = {job.source.name: job for job in jobs}
+    chunk_stats: list[dict] = []
+    failed = sum(1 for job in jobs if job.status == "failed")
+    stopped = options.max_failed is not None and failed > options.max_failed
+    # Inputs whose chunks all exist already (resume) are joined before anything is scheduled.
+    for job in jobs:
+        if job.status == "pending" and len(job.done) == len(job.plan.chunks):
+            _finish(job, options)
+    resources = ray.cluster_resources()
+    pool = {"actors": 0, "gpus_per_actor": 0.0, "cpus_per_actor": 0.0}
+    if chunk_rows and not stopped:
+        total_frames = sum(r["frames"] for r in chunk_rows)
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(chunk_rows), unit="chunk", disable=not options.progress, desc="chunks",
+                   dynamic_ncols=True)
+        frames_done = 0
+        for rows in _group_by_config(chunk_rows, by_name).values():
+            if stopped:
+                break
+            actors, share, cpu_share = _pool_shape(options, resources, len(rows))
+            pool = {"actors": actors, "gpus_per_actor": share, "cpus_per_actor": cpu_share}
+            for result in _execute(ray, rows, by_name[rows[0]["name"]].config, runner, options, actors,
+                                   share, cpu_share):
+                chunk_stats.append({"input": redact(by_name[result["name"]].source.input), **result})
+                job = by_name[result["name"]]
+                bar.update(1)
+                if result["status"] == "done":
+                    frames_done += result["frames"]
+                    job.done.add(result["index"])
+                    if len(job.done) == len(job.plan.chunks) and job.status == "pending":
+                        _finish(job, options)
+                elif job.status == "pending":
+                    job.status = "failed"
+                    job.error = f"chunk {result['index']}: {result['error']}"
+                    log.error("%s failed: %s", job.source.name, job.error)
+                if job.status == "failed" and result["status"] == "failed":
+                    failed = sum(1 for j in jobs if j.status == "failed")
+                    if options.max_failed is not None and failed > options.max_failed:
+                        log.error("more than %d input(s) failed: stopping", options.max_failed)
+                        stopped = True
+                        break
+                bar.set_postfix_str(f"frames {frames_done}/{total_frames}")
+        bar.close()
+    for job in jobs:
+        if job.status == "pending":
+            job.status = "not run" if stopped else "failed"
+            job.error = job.error or ("stopped after too many failures" if stopped else "chunks missing")
+        if job.work and os.path.isdir(job.work):
+            remove_temps(job.work)
+    remove_temps(output_dir)
+    for folder in {os.path.dirname(job.output) for job in jobs}:
+        remove_temps(folder)
+    if os.path.isdir(work_root) and not os.listdir(work_root):
+        os.rmdir(work_root)
+    seconds = time.monotonic() - began
+    ok = [job for job in jobs if job.status == "done"]
+    frames = sum(job.frames for job in ok)
+    return {
+        "ray": {"version": ray.__version__, "nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
+                "resources": {k: v for k, v in resources.items() if k in ("CPU", "GPU", "memory")}},
+        "pool": pool,
+        "inputs": [{"name": job.source.name, "input": redact(job.source.input), "output": job.output,
+                    "status": job.status, "frames": job.frames, "audio_packets": job.audio_packets,
+                    "chunks": len(job.plan.chunks) if job.plan else 0, "error": job.error} for job in jobs],
+        "chunks": chunk_stats,
+        "totals": {"inputs": len(jobs), "done": len(ok),
+                   "failed": sum(1 for j in jobs if j.status == "failed"),
+                   "skipped": sum(1 for j in jobs if j.status == "skipped"),
+                   "not_run": sum(1 for j in jobs if j.status == "not run"),
+                   "chunks_restored": sum(1 for c in chunk_stats if c["status"] == "done"),
+                   "chunks_failed": sum(1 for c in chunk_stats if c["status"] == "failed"),
+                   "frames": frames, "seconds": seconds,
+                   "files_per_minute": 60.0 * len(ok) / seconds if seconds else 0.0,
+                   "fps": frames / seconds if seconds else 0.0},
+    }
+
+
+def _prepare(source: Source, output_dir: str, work_root: str, config: Any, options: ArchiveOptions) -> _Job:
+    job = _Job(source=source, output=output_path(source, output_dir), config=config)
+    if options.resume and os.path.exists(job.output):
+        job.status = "skipped"
+        return job
+    try:
+        job.config = apply_options(config, source.options)
+        if source.is_url:
+            raise UnweatherError("archive runs take files; run live streams as a fleet")
+        job.plan = plan_input(source.input, options.chunk_seconds)
+    except UnweatherError as exc:
+        job.status, job.error = "failed", redact(str(exc))
+        log.error("%s failed: %s", source.name, job.error)
+        return job
+    job.work = os.path.join(work_root, f"{job.plan.key}-{config_digest(job.config)}")
+    if not options.resume and os.path.isdir(job.work):
+        shutil.rmtree(job.work)
+    os.makedirs(job.work, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(job.output)), exist_ok=True)
+    remove_temps(job.work)
+    # One plan per chunking: chunks of another chunk length are never mixed in.
+    tag = "whole" if len(job.plan.chunks) == 1 else f"{job.plan.chunks[1].first_packet}"
+    job.chunk_paths = [os.path.join(job.work, f"chunk-{tag}-{c.index:05d}.mkv") for c in job.plan.chunks]
+    job.done = {i for i, path in enumerate(job.chunk_paths) if os.path.exists(path)}
+    return job
+
+
+def _finish(job: _Job, options: ArchiveOptions) -> None:
+    try:
+        result = join(job.plan, job.chunk_paths, job.output)
+    except UnweatherError as exc:
+        job.status, job.error = "failed", redact(str(exc))
+        log.error("%s failed: %s", job.source.name, job.error)
+        return
+    job.status = "done"
+    job.frames = result["frames"]
+    job.audio_packets = result["audio_packets"]
+    if not options.keep_chunks:
+        shutil.rmtree(job.work, ignore_errors=True)
+
+
+def _group_by_config(rows: list[dict], by_name: dict[str, _Job]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(config_digest(by_name[row["name"]].config), []).append(row)
+    return groups
+
+
+def _execute(ray, rows: list[dict], config: Any, runner: Runner | None, options: ArchiveOptions, actors: int,
+             gpus: float, cpus: float):
+    """Yield one result per chunk as the actor pool finishes them."""
+    from ray.data import ActorPoolStrategy, DataContext
+
+    ctx = DataContext.get_current()
+    ctx.wait_for_min_actors_s = int(max(1, options.start_timeout))
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Chunks go out one per block, so each actor call gets exactly one.
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    ds = ds.map_batches(ChunkRestorer, batch_size=1, batch_format="numpy",
+                        compute=ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
+                        num_gpus=gpus or None, num_cpus=cpus,
+                        fn_constructor_kwargs={"config": config, "runner": runner,
+                                               "retries": options.retries,
+                                               "chunk_timeout": options.chunk_timeout})
+    iterator = iter(ds.iter_rows())
+    try:
+        for row in iterator:
+            yield {k: _plain(v) for k, v in row.items()}
+    except ray.exceptions.GetTimeoutError as exc:
+        raise UnweatherError(f"the Ray cluster has no room for {actors} restorer actor(s) "
+                             f"({gpus:g} GPU, {cpus:g} CPU each) within {options.start_timeout:g} s") from exc
+    finally:
+        # Closing the generator shuts the streaming execution down when we stop early.
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+
+
+def run_on_ray(inputs: Sequence[str | Source], output_dir: str, config: Any = None, address: str | None = None,
+               chunk_seconds: float | None = None, resume: bool = False, max_failed: int | None = None,
+               *, options: ArchiveOptions | None = None, runner: Runner | None = None,
+               stats_path: str | None = None, num_cpus: int | None = None,
+               num_gpus: int | None = None) -> dict:
+    """Join (or start) a Ray cluster, restore the inputs into `output_dir`, leave the cluster as found.
+
+    Args:
+        inputs: files, folders of videos, or `Source`s (from a sources file).
+        output_dir: folder for the outputs.
+        config: the `RunConfig` for every input.
+        address: the cluster ("host:port", "ray://..."); None joins the one found or starts a local one.
+        chunk_seconds, resume, max_failed: see `ArchiveOptions` (these override `options`).
+        options: the remaining archive options.
+        runner: the pipeline per chunk (default `unweather.stream.run`).
+        stats_path: also write the stats JSON there (temporary name, then rename).
+        num_cpus, num_gpus: resources of a local cluster, when one is started.
+
+    Returns:
+        The stats dict of `run_archive`.
+    """
+    from unweather.cluster.sources import expand_inputs
+
+    sources = [s for s in inputs if isinstance(s, Source)]
+    sources += expand_inputs([s for s in inputs if not isinstance(s, Source)])
+    options = dataclasses.replace(options or ArchiveOptions(), chunk_seconds=chunk_seconds, resume=resume,
+                                  max_failed=max_failed)
+    started = connect(address, num_cpus=num_cpus, num_gpus=num_gpus)
+    try:
+        stats = run_archive(sources, output_dir, config, options, runner)
+    finally:
+        if started:
+            require_ray().shutdown()
+    if stats_path:
+        tmp = temp_path(stats_path)
+        with open(tmp, "w") as f:
+            json.dump(stats, f, indent=2)
+        publish(tmp, stats_path)
+    return stats
