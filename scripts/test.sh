@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-system.sh
-python3 -m pip install -q torch==2.13.0 -e ".[test]"
+python3 -m pip install -q torch==2.13.0 -e ".[test,ray]"
 exec python3 -m pytest -q "$@"
