@@ -23,7 +23,7 @@ COMMAND_MODULES = (
     "unweather.models.cli",
     "unweather.engine.cli",
     "unweather.training.cli",
-    "unweather.bench",
+    "unweather.bench.cli",
 )
 
 

@@ -1,0 +1,220 @@
+"""`unweather bench`: results with machine info, ratios to the baseline, skips with reasons, table and plot.
+
+Runs on the identity network at a tiny resolution; speed itself is never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import pytest
+import torch
+
+from unweather.bench.config import (
+    BackendSpec,
+    BenchConfig,
+    ModelSpec,
+    Resolution,
+    parse_backend,
+    parse_model,
+    parse_resolution,
+)
+from unweather.bench.report import markdown_table
+from unweather.bench.runner import add_ratios, classify_failure, combinations, make_batches, time_engine
+from unweather.bench.timing import percentile, summarize
+from unweather.cli import main
+from unweather.errors import UnweatherError
+from unweather.machine import machine_info, save_results
+
+TINY = "64x48"
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    """One CLI run with two backends, plus one that cannot run here; its JSON, table and plot."""
+    out = tmp_path_factory.mktemp("bench")
+    backends = ["torch", "onnxruntime", "tensorrt"]
+    argv = ["bench", "--models", "identity", "--backends", *backends, "--precisions", "fp32",
+            "--resolutions", TINY, "--frames", "3", "--repeats", "2", "--warmup", "1", "--device", "cpu",
+            "--json", str(out / "r.json"), "--markdown", str(out / "r.md"), "--plot", str(out / "r.png"),
+            "--no-progress"]
+    status = main(argv)
+    payload = json.loads((out / "r.json").read_text())
+    return status, payload, out
+
+
+def _rows(payload, **where):
+    return [r for r in payload["results"] if all(r[k] == v for k, v in where.items())]
+
+
+def test_results_file_has_machine_config_and_measurements(bench_run):
+    status, payload, _ = bench_run
+    assert status == 0
+    machine = payload["machine"]
+    for key in ("cpu", "ram_gb", "gpus", "libraries", "git", "timestamp", "load_average_start",
+                "load_average_end"):
+        assert key in machine
+    assert machine["cpu"]["threads"] >= 1 and machine["libraries"]["torch"] == torch.__version__
+    assert machine["git"]["commit"] is None or len(machine["git"]["commit"]) == 40
+    assert payload["config"]["resolutions"] == [TINY] and payload["clips"][TINY]["frames"] == 3
+    assert payload["command"].startswith("unweather bench --models identity")
+
+    base = _rows(payload, backend="torch", precision="fp32")[0]
+    assert base["status"] == "ok" and base["baseline"] is True
+    eng = base["engine"]
+    assert len(eng["samples_ms"]) == 2 * eng["calls_per_repeat"] == 2 * 3  # frames 3, batch 1, 2 repeats
+    assert len(eng["fps_per_repeat"]) == 2 and all(f > 0 for f in eng["fps_per_repeat"])
+    lat = eng["latency_ms"]
+    assert lat["min"] <= lat["median"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    assert eng["fps"] == statistics.median(eng["fps_per_repeat"])
+    assert base["resources"]["rss_peak_mb"] >= base["resources"]["rss_before_mb"] > 0
+
+
+def test_ratios_are_exact_for_the_baseline_and_computed_from_medians(bench_run):
+    _, payload, _ = bench_run
+    base = _rows(payload, backend="torch", precision="fp32")[0]
+    assert base["engine"]["x_vs_baseline"] == 1.0
+    measured = [r for r in payload["results"] if r["status"] == "ok"]
+    assert len(measured) >= 1
+    for row in measured:
+        expected = base["engine"]["latency_ms"]["median"] / row["engine"]["latency_ms"]["median"]
+        assert math.isclose(row["engine"]["x_vs_baseline"], expected, rel_tol=1e-12)
+
+
+def test_unavailable_combination_is_skipped_with_reason_and_the_rest_run(bench_run):
+    _, payload, _ = bench_run
+    trt = _rows(payload, backend="tensorrt")[0]
+    assert trt["status"] == "skipped" and "TensorRT" in trt["reason"]
+    ort = _rows(payload, backend="onnxruntime")[0]
+    # Measured where the engine offers ONNX Runtime; otherwise reported, never passed off as torch.
+    assert ort["status"] == "ok" or ort["reason"]
+
+
+def test_markdown_and_plot_are_written(bench_run):
+    _, payload, out = bench_run
+    table = (out / "r.md").read_text()
+    assert "| model | backend | precision | resolution | batch | engine FPS" in table
+    assert f"| identity | torch | fp32 | {TINY} | 1 |" in table and "1.00x" in table
+    assert "skipped: identity tensorrt fp32" in table
+    assert payload["command"] in table
+    png = (out / "r.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 1000
+
+
+def test_cuda_request_without_gpu_is_skipped(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the no-GPU skip cannot be shown")
+    from unweather.bench.runner import run_bench
+
+    config = BenchConfig(resolutions=[Resolution(32, 32)], frames=2, repeats=1, warmup=0, device="cuda",
+                         pipeline=False)
+    payload = run_bench(config, progress=False)
+    (row,) = payload["results"]
+    assert row["status"] == "skipped" and "CUDA" in row["reason"]
+    assert "x_vs_baseline" not in row
+    assert "skipped: identity torch fp32 32x32" in markdown_table(payload)
+
+
+def test_user_footage_is_resized_for_the_benchmark(tmp_path):
+    from unweather.bench.clip import prepare_clip, synthetic_frames, write_clip
+
+    src = tmp_path / "footage.mp4"
+    write_clip(synthetic_frames(Resolution(96, 64), 5), src, Resolution(96, 64))
+    frames, count = prepare_clip(str(src), Resolution(48, 32), 3, tmp_path / "clip.mp4")
+    assert count == 3 and frames.shape == (3, 3, 32, 48)
+    assert 0.0 <= frames.min() and frames.max() <= 1.0 and frames.std() > 0.05
+    # The resized footage keeps its content: the mean colour of the first frame stays close.
+    frames_native, _ = prepare_clip(str(src), Resolution(96, 64), 1, tmp_path / "native.mp4")
+    assert torch.allclose(frames[0].mean((1, 2)), frames_native[0].mean((1, 2)), atol=0.02)
+
+
+def test_engine_timing_counts_every_call_and_batches_keep_their_shape():
+    frames = torch.rand(5, 3, 16, 16)
+    batches = make_batches(frames, 2, torch.device("cpu"))
+    assert [b.shape[0] for b in batches] == [2, 2, 2]
+    assert torch.equal(batches[2][1], frames[0])  # the last batch is filled by cycling
+
+    calls = []
+
+    def engine(x):
+        calls.append(x.shape)
+        return x
+
+    result = time_engine(engine, batches, warmup=2, repeats=3)
+    assert len(calls) == 2 + 3 * 3 and len(result["samples_ms"]) == 9
+    assert result["calls_per_repeat"] == 3 and result["frames_per_call"] == 2
+
+
+def test_ratios_follow_the_baseline_of_the_same_group():
+    def row(backend, precision, median, res="64x48", baseline=False, status="ok"):
+        return {"model": "m", "backend": backend, "precision": precision, "resolution": res, "batch": 1,
+                "baseline": baseline, "status": status,
+                "engine": {"latency_ms": {"median": median}},
+                "pipeline": {"status": "ok", "fps": 100.0 / median}}
+
+    rows = [row("torch", "fp32", 10.0, baseline=True), row("onnxruntime", "fp32", 4.0),
+            row("torch", "fp32", 3.0, res="32x32", baseline=True, status="skipped"),
+            row("onnxruntime", "fp32", 1.0, res="32x32")]
+    add_ratios(rows)
+    assert rows[0]["engine"]["x_vs_baseline"] == 1.0 and rows[1]["engine"]["x_vs_baseline"] == 2.5
+    assert math.isclose(rows[1]["pipeline"]["x_vs_baseline"], 2.5)
+    assert rows[3]["engine"]["x_vs_baseline"] is None  # its baseline did not run
+
+
+def test_specs_and_combinations():
+    assert parse_resolution("1280x720") == Resolution(1280, 720)
+    for bad in ("1280", "1281x720", "8x8"):
+        with pytest.raises(UnweatherError):
+            parse_resolution(bad)
+    spec = parse_backend("onnxruntime:threads=2,device=cpu")
+    assert spec == BackendSpec("onnxruntime", (("threads", 2), ("device", "cpu")))
+    assert parse_backend("torch:cuda_graph").label == "torch:cuda_graph"
+    with pytest.raises(UnweatherError, match="known backends"):
+        parse_backend("tensorflow")
+    assert parse_model("msbdn@640x360") == ModelSpec("msbdn", (Resolution(640, 360),))
+    assert parse_model("/data/run@2/best.safetensors").model == "/data/run@2/best.safetensors"
+
+    config = BenchConfig(models=[ModelSpec("a"), parse_model("b@640x360")],
+                         backends=[BackendSpec("onnxruntime")], precisions=["fp32", "fp16"],
+                         resolutions=[Resolution(640, 360), Resolution(1280, 720)])
+    combos = combinations(config)
+    # Each group starts with the torch fp32 baseline, even when torch was not asked for.
+    assert [(c.model.model, str(c.resolution), c.backend.name, c.precision, c.baseline) for c in combos] == [
+        ("a", "640x360", "torch", "fp32", True), ("a", "640x360", "onnxruntime", "fp32", False),
+        ("a", "640x360", "onnxruntime", "fp16", False), ("a", "1280x720", "torch", "fp32", True),
+        ("a", "1280x720", "onnxruntime", "fp32", False), ("a", "1280x720", "onnxruntime", "fp16", False),
+        ("b", "640x360", "torch", "fp32", True), ("b", "640x360", "onnxruntime", "fp32", False),
+        ("b", "640x360", "onnxruntime", "fp16", False)]
+
+
+def test_failures_are_classified():
+    combo = combinations(BenchConfig(precisions=["fp16"]))[-1]
+    assert classify_failure(torch.OutOfMemoryError("CUDA out of memory"), combo)[0] == "skipped"
+    status, reason = classify_failure(RuntimeError('"slow_conv2d" not implemented for \'Half\''), combo)
+    assert status == "skipped" and "fp16" in reason
+    status, reason = classify_failure(ValueError("bad\nsecond line"), combo)
+    assert (status, reason) == ("failed", "ValueError: bad")
+
+
+def test_percentiles_and_summary():
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.5 and math.isclose(percentile(values, 95), 95.05)
+    s = summarize([3.0, 1.0, 2.0])
+    assert (s["median"], s["min"], s["max"], s["mean"]) == (2.0, 1.0, 3.0, 2.0)
+
+
+def test_save_results_adds_machine_info_and_writes_strict_json(tmp_path):
+    path = save_results(tmp_path / "sub" / "x.json", {"value": float("nan"), "shape": (1, 2)})
+    data = json.loads(path.read_text())
+    assert data["value"] is None and data["shape"] == [1, 2]
+    assert data["machine"]["cpu"]["model"] and "torch" in data["machine"]["libraries"]
+    info = machine_info()
+    assert info["cpu"]["cores"] >= 1 and info["ram_gb"] > 0
+
+
+def test_bad_arguments_are_one_line_errors(capsys):
+    assert main(["bench", "--resolutions", "big", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("unweather: error:") and "WIDTHxHEIGHT" in err and len(err.splitlines()) == 1

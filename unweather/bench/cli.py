@@ -1,0 +1,137 @@
+"""`unweather bench`: FPS and latency of every backend against the PyTorch baseline, with plots."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BACKENDS = ("torch", "onnxruntime", "tensorrt")
+DEFAULT_PRECISIONS = ("fp32", "fp16")
+DEFAULT_RESOLUTIONS = ("640x360", "1280x720")
+
+_EPILOG = """\
+examples:
+  unweather bench                                    # the default model, every backend, synthetic clip
+  unweather bench dashcam.mp4 --resolutions 1920x1080 --json bench.json --plot bench.png
+  unweather bench --models student_small msbdn@640x360 --backends torch torch:cuda_graph tensorrt \\
+      --precisions fp32 fp16 --device cuda --markdown table.md
+
+A backend may carry engine options: torch:compile, torch:cuda_graph, onnxruntime:threads=2,
+onnxruntime:device=cpu. A model may be limited to some resolutions: msbdn@640x360.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `bench` subcommand."""
+    parser = subparsers.add_parser(
+        "bench", help="measure FPS and latency of every backend against the PyTorch baseline",
+        description="Measure, for every model, backend, precision, resolution and batch, the engine alone "
+                    "and the whole decode-infer-encode pipeline, against torch fp32 eager on the same frames.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", nargs="?", help="video file or stream to take frames from "
+                        "(default: a synthetic rainy clip made at each resolution)")
+    parser.add_argument("--models", nargs="+", metavar="MODEL", help="registry names, checkpoints or .onnx "
+                        "files, optionally MODEL@WxH[,WxH] (default: the default model for the device)")
+    parser.add_argument("--backends", nargs="+", metavar="BACKEND", default=list(DEFAULT_BACKENDS),
+                        help="backends, optionally with options (default: %(default)s)")
+    parser.add_argument("--precisions", nargs="+", metavar="P", default=list(DEFAULT_PRECISIONS),
+                        help="fp32, fp16, bf16 (default: %(default)s)")
+    parser.add_argument("--resolutions", nargs="+", metavar="WxH",
+                        help="frame sizes; an input is resized to each, only for the benchmark "
+                             f"(default: {' '.join(DEFAULT_RESOLUTIONS)}, or the input's own size)")
+    parser.add_argument("--batch", nargs="+", type=int, default=[1], metavar="N", help="batch sizes (default: 1)")
+    parser.add_argument("--frames", type=int, default=32, help="frames in the clip, one repetition (default: 32)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (default: 3)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed engine calls first (default: 3)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    parser.add_argument("--json", metavar="FILE", help="write every measurement with machine info as JSON")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw FPS per backend and latency distributions")
+    parser.add_argument("--markdown", metavar="FILE.md", help="write the results table as markdown")
+    parser.add_argument("--no-pipeline", action="store_true", help="time the engine alone, not the pipeline")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=handle)
+
+
+def _input_resolution(source: str) -> str:
+    """The size of the first video stream of `source`, as WxH rounded down to even numbers."""
+    import av
+
+    from unweather.errors import UnweatherError
+    from unweather.redact import redact
+
+    try:
+        with av.open(source, timeout=(10.0, 10.0)) as container:
+            if not container.streams.video:
+                raise UnweatherError(f"{redact(source)} has no video stream")
+            ctx = container.streams.video[0].codec_context
+            return f"{ctx.width - ctx.width % 2}x{ctx.height - ctx.height % 2}"
+    except (av.FFmpegError, OSError) as exc:
+        raise UnweatherError(f"cannot open {redact(source)}: {redact(str(exc))}") from exc
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The full command line of this run with every setting spelt out, for the results."""
+    from unweather.redact import redact
+
+    words = ["unweather", "bench"]
+    if args.input:
+        words.append(redact(args.input))
+    words += ["--models", *args.models, "--backends", *args.backends, "--precisions", *args.precisions,
+              "--resolutions", *args.resolutions, "--batch", *map(str, args.batch),
+              "--frames", str(args.frames), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+              "--device", args.device]
+    if args.no_pipeline:
+        words.append("--no-pipeline")
+    for flag in ("json", "plot", "markdown"):
+        if getattr(args, flag):
+            words += [f"--{flag}", getattr(args, flag)]
+    return shlex.join(words)
+
+
+def handle(args: argparse.Namespace) -> int:
+    """Run the benchmark, print the table and write the requested files."""
+    from unweather.bench.config import BenchConfig, parse_backend, parse_model, parse_resolution
+    from unweather.bench.report import markdown_report, write_plot
+    from unweather.bench.runner import resolve_device, run_bench
+    from unweather.machine import save_results
+
+    if not args.models:
+        from unweather import engine
+
+        default = getattr(engine, "default_model", None)
+        args.models = [default(resolve_device(args.device)) if default else "identity"]
+    if not args.resolutions:
+        args.resolutions = [_input_resolution(args.input)] if args.input else list(DEFAULT_RESOLUTIONS)
+    config = BenchConfig(
+        input=args.input,
+        models=[parse_model(m) for m in args.models],
+        backends=[parse_backend(b) for b in args.backends],
+        precisions=list(args.precisions),
+        resolutions=[parse_resolution(r) for r in args.resolutions],
+        batches=list(args.batch),
+        frames=args.frames,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        device=args.device,
+        pipeline=not args.no_pipeline,
+    )
+    payload = run_bench(config, progress=not args.no_progress, command=command_line(args))
+    report = markdown_report(payload)
+    print(report)
+    if args.json:
+        save_results(args.json, payload)
+        logger.info("results written to %s", args.json)
+    if args.markdown:
+        from pathlib import Path
+
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(report)
+        logger.info("table written to %s", args.markdown)
+    if args.plot:
+        write_plot(payload, args.plot)
+        logger.info("plot written to %s", args.plot)
+    ok = sum(r["status"] == "ok" for r in payload["results"])
+    return 0 if ok else 1

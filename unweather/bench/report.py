@@ -1,0 +1,157 @@
+"""Turn benchmark results into the README's markdown table and a figure (FPS bars, latency boxes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ("model", "backend", "precision", "resolution", "batch", "engine FPS", "p50 ms", "p95 ms",
+           "pipeline FPS", "x vs torch fp32", "pipeline x")
+
+
+def _fmt(value: float | None, digits: int = 1, suffix: str = "") -> str:
+    return "–" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3f}" if value < 1 else f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def _table_row(row: dict[str, Any]) -> list[str]:
+    eng = row["engine"]
+    pipe = row.get("pipeline") or {}
+    pipe_ok = pipe.get("status") == "ok"
+    fps = f"{eng['fps']:.1f} ±{100 * eng['fps_spread'] / 2:.0f}%" if len(eng["fps_per_repeat"]) > 1 \
+        else f"{eng['fps']:.1f}"
+    if pipe_ok:
+        pipe_fps = _fmt(pipe["fps"])
+    else:
+        pipe_fps = pipe.get("status", "not run")
+    return [row["model"], row["backend_label"], row["precision"], row["resolution"], str(row["batch"]), fps,
+            _ms(eng["latency_ms"]["median"]), _ms(eng["latency_ms"]["p95"]), pipe_fps,
+            _fmt(eng.get("x_vs_baseline"), 2, "x"),
+            _fmt(pipe.get("x_vs_baseline"), 2, "x") if pipe_ok else "–"]
+
+
+def machine_line(payload: dict[str, Any]) -> str:
+    """One sentence naming the machine, libraries, commit, load and run settings of `payload`."""
+    machine = payload["machine"]
+    cpu = machine["cpu"]
+    libs = machine["libraries"]
+    gpus = machine.get("gpus") or []
+    gpu = ", ".join(f"{g['name']} (driver {g.get('driver') or '?'})" for g in gpus) or "no GPU"
+    versions = ", ".join(f"{k} {v}" for k, v in libs.items() if v and k in ("torch", "onnxruntime", "tensorrt"))
+    git = machine.get("git") or {}
+    commit = (git.get("commit") or "unknown")[:10] + (" (dirty)" if git.get("dirty") else "")
+    cfg = payload["config"]
+    load = ""
+    if machine.get("load_average_start") and machine.get("load_average_end"):
+        load = (f"; load average {machine['load_average_start'][0]:.1f} at start, "
+                f"{machine['load_average_end'][0]:.1f} at end")
+    return (f"{cpu['model']} ({cpu['cores']} cores, {cpu['threads']} threads, torch threads "
+            f"{cpu['torch_threads']}), {gpu}, device {payload['device']}; {versions}; commit {commit}; "
+            f"{cfg['frames']} frames x {cfg['repeats']} repeats after {cfg['warmup']} warm-up calls"
+            f"{load}; {machine['timestamp']}.")
+
+
+def markdown_table(payload: dict[str, Any]) -> str:
+    """The results as a markdown table, then the skipped combinations with their reasons."""
+    rows = payload["results"]
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    for row in rows:
+        if row["status"] == "ok":
+            lines.append("| " + " | ".join(_table_row(row)) + " |")
+    others = [r for r in rows if r["status"] != "ok"]
+    if others:
+        lines.append("")
+        for row in others:
+            lines.append(f"- {row['status']}: {row['model']} {row['backend_label']} {row['precision']} "
+                         f"{row['resolution']} batch {row['batch']}: {row['reason']}")
+    pipe_reasons = {r["pipeline"]["reason"] for r in rows
+                    if r["status"] == "ok" and r.get("pipeline") and r["pipeline"].get("status") != "ok"}
+    for reason in sorted(pipe_reasons):
+        lines.append(f"- pipeline not measured: {reason}")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_report(payload: dict[str, Any]) -> str:
+    """The table with the command line that produced it and the machine it ran on."""
+    parts = []
+    if payload.get("command"):
+        parts.append(f"```bash\n{payload['command']}\n```\n")
+    parts.append(f"Measured on {machine_line(payload)}\n")
+    parts.append("Engine: the network alone on frames already on the device, median over every call; "
+                 "FPS is the median of the repetitions (± half their range). Pipeline: decode, infer and "
+                 "encode through `unweather.stream.run`. x: speed relative to torch fp32 eager on the same "
+                 "frames.\n")
+    parts.append(markdown_table(payload))
+    return "\n".join(parts)
+
+
+def write_plot(payload: dict[str, Any], path: str | Path) -> Path:
+    """Draw engine FPS per backend and resolution (bars) and the latency distribution (boxes) to `path`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = [r for r in payload["results"] if r["status"] == "ok"]
+    models = list(dict.fromkeys(r["model"] for r in rows)) or ["(nothing ran)"]
+    variants = list(dict.fromkeys(f"{r['backend_label']} {r['precision']}" for r in rows))
+    fig = Figure(figsize=(max(8.0, 4.0 * len(models)), 9.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(2, len(models))
+    colours = {v: f"C{i % 10}" for i, v in enumerate(variants)}
+
+    for col, model in enumerate(models):
+        ax = fig.add_subplot(grid[0, col])
+        mine = [r for r in rows if r["model"] == model]
+        groups = list(dict.fromkeys((r["resolution"], r["batch"]) for r in mine))
+        width = 0.8 / max(1, len(variants))
+        for vi, variant in enumerate(variants):
+            xs, ys, lo, hi, pipe_x, pipe_y = [], [], [], [], [], []
+            for gi, group in enumerate(groups):
+                for r in mine:
+                    if (r["resolution"], r["batch"]) == group and f"{r['backend_label']} {r['precision']}" == variant:
+                        eng = r["engine"]
+                        x = gi - 0.4 + width * (vi + 0.5)
+                        xs.append(x)
+                        ys.append(eng["fps"])
+                        lo.append(eng["fps"] - eng["fps_min"])
+                        hi.append(eng["fps_max"] - eng["fps"])
+                        pipe = r.get("pipeline") or {}
+                        if pipe.get("status") == "ok":
+                            pipe_x.append(x)
+                            pipe_y.append(pipe["fps"])
+            if xs:
+                ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, color=colours[variant], label=variant)
+            if pipe_x:
+                ax.scatter(pipe_x, pipe_y, marker="_", s=200, color="black", zorder=3,
+                           label="pipeline FPS" if vi == 0 else None)
+        ax.set_xticks(range(len(groups)), [f"{res}\nbatch {b}" for res, b in groups])
+        ax.set_title(model)
+        ax.set_ylabel("engine FPS (bars), pipeline FPS (dash)")
+        if mine and max(r["engine"]["fps"] for r in mine) > 50 * min(r["engine"]["fps"] for r in mine):
+            ax.set_yscale("log")
+        ax.grid(axis="y", alpha=0.3)
+        if col == 0 and variants:
+            ax.legend(fontsize="small")
+
+    ax = fig.add_subplot(grid[1, :])
+    if rows:
+        data = [r["engine"]["samples_ms"] for r in rows]
+        labels = [f"{r['model']}\n{r['backend_label']} {r['precision']}\n{r['resolution']} b{r['batch']}"
+                  for r in rows]
+        parts = ax.boxplot(data, tick_labels=labels, showfliers=True, patch_artist=True)
+        for patch, r in zip(parts["boxes"], rows):
+            patch.set_facecolor(colours[f"{r['backend_label']} {r['precision']}"])
+        ax.tick_params(axis="x", labelsize="x-small", labelrotation=90)
+        lat = [v for d in data for v in d]
+        if lat and max(lat) > 50 * max(min(lat), 1e-6):
+            ax.set_yscale("log")
+    ax.set_ylabel("engine latency per batch (ms)")
+    ax.set_title("Latency distribution over all timed calls")
+    ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"unweather bench on {payload['machine']['cpu']['model']}, device {payload['device']}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path

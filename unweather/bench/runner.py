@@ -1,0 +1,428 @@
+"""Runs every combination of a benchmark and collects the results with their ratios to the baseline.
+
+For each model, resolution and batch, the torch fp32 eager engine on the run's device is measured
+first (the baseline); every other backend and precision is then measured on the same frames and
+compared with it. A combination that cannot run is recorded with its reason and the rest go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import importlib.util
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unweather.bench.clip import prepare_clip
+from unweather.bench.config import (
+    BASELINE_BACKEND,
+    BASELINE_PRECISION,
+    BackendSpec,
+    BenchConfig,
+    ModelSpec,
+    Resolution,
+)
+from unweather.bench.timing import ResourceSampler, spread, summarize, synchronize
+from unweather.errors import UnweatherError
+from unweather.machine import load_average, machine_info
+from unweather.redact import redact
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "unweather.bench/1"
+_BASELINE = BackendSpec(BASELINE_BACKEND)
+
+
+@dataclass(frozen=True)
+class Combination:
+    """One measured configuration.
+
+    Attributes:
+        model: the model and its resolution limits.
+        backend: the backend and its engine options.
+        precision: "fp32", "fp16" or "bf16".
+        resolution: the frame size.
+        batch: frames per engine call.
+        baseline: True for the torch fp32 eager reference of its model, resolution and batch.
+    """
+
+    model: ModelSpec
+    backend: BackendSpec
+    precision: str
+    resolution: Resolution
+    batch: int
+    baseline: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.model.model} {self.backend.label} {self.precision} {self.resolution} b{self.batch}"
+
+    @property
+    def group(self) -> tuple[str, str, int]:
+        """What a baseline is shared by: model, resolution and batch."""
+        return self.model.model, str(self.resolution), self.batch
+
+
+def combinations(config: BenchConfig) -> list[Combination]:
+    """Every combination to measure, each group's baseline first (added even when not requested)."""
+    combos: list[Combination] = []
+    for spec in config.models:
+        for res in spec.resolutions or config.resolutions:
+            for batch in config.batches:
+                combos.append(Combination(spec, _BASELINE, BASELINE_PRECISION, res, batch, baseline=True))
+                for backend in config.backends:
+                    for precision in config.precisions:
+                        if backend == _BASELINE and precision == BASELINE_PRECISION:
+                            continue
+                        combos.append(Combination(spec, backend, precision, res, batch))
+    return combos
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" is CUDA when torch sees a GPU, else the CPU; anything else is taken as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise UnweatherError(f"unknown device {name!r} (use cpu, cuda, cuda:N or auto)") from exc
+
+
+def _split_device(combo: Combination, device: torch.device) -> tuple[torch.device, dict[str, Any]]:
+    """The combination's device (a backend's "device=" option overrides the run's) and engine options."""
+    options = dict(combo.backend.options)
+    if "device" in options:
+        device = resolve_device(str(options.pop("device")))
+    return device, options
+
+
+def precheck(combo: Combination, device: torch.device) -> str | None:
+    """Why `combo` cannot run here (a reason for the results), or None when it may be tried."""
+    device, options = _split_device(combo, device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA GPU (torch.cuda.is_available() is False)"
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        return f"no CUDA device {device.index} ({torch.cuda.device_count()} visible)"
+    name = combo.backend.name
+    if name == "tensorrt":
+        if importlib.util.find_spec("tensorrt") is None:
+            return "TensorRT is not installed (pip install 'unweather[tensorrt]')"
+        if device.type != "cuda":
+            return "TensorRT needs a CUDA device"
+    if name == "onnxruntime" and importlib.util.find_spec("onnxruntime") is None:
+        return "ONNX Runtime is not installed"
+    if options.get("cuda_graph") and device.type != "cuda":
+        return "CUDA graphs need a CUDA device"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    message = text[0] if text else ""
+    return redact(message[:300])
+
+
+def classify_failure(exc: BaseException, combo: Combination) -> tuple[str, str]:
+    """Return ("skipped" | "failed", reason) for an exception raised while measuring `combo`.
+
+    Conditions of the machine or the backend (out of memory, a missing library, an operator or
+    precision the backend lacks, a refusal by the engine) are skips; anything else is a failure,
+    reported with its type so that it can be looked into.
+    """
+    message = _first_line(exc)
+    if isinstance(exc, torch.OutOfMemoryError):
+        return "skipped", f"out of memory: {message}"
+    if isinstance(exc, UnweatherError):
+        return "skipped", message
+    if isinstance(exc, ImportError):
+        return "skipped", f"missing library: {message}"
+    if isinstance(exc, NotImplementedError) or type(exc).__name__ == "NotImplemented":
+        return "skipped", f"not supported: {message}"
+    if isinstance(exc, RuntimeError) and combo.precision != "fp32" and "not implemented" in message.lower():
+        return "skipped", f"{combo.precision} is not supported by {combo.backend.name} here: {message}"
+    return "failed", f"{type(exc).__name__}: {message}"
+
+
+def make_batches(frames: torch.Tensor, batch: int, device: torch.device) -> list[torch.Tensor]:
+    """Split `frames` into batches of exactly `batch` (cycling frames to fill the last) on `device`.
+
+    Every call then has the same shape, which fixed-shape backends (CUDA graphs, TensorRT) need.
+    """
+    n = frames.shape[0]
+    calls = math.ceil(n / batch)
+    order = torch.arange(calls * batch) % n
+    return [frames[order[i * batch:(i + 1) * batch]].to(device).contiguous() for i in range(calls)]
+
+
+def time_engine(engine: Any, batches: list[torch.Tensor], warmup: int, repeats: int) -> dict[str, Any]:
+    """Time `engine` alone: `warmup` untimed calls, then `repeats` passes over `batches`.
+
+    Each call is timed between device synchronisations, so queued GPU work is never missed.
+    """
+    device = batches[0].device
+    batch = batches[0].shape[0]
+    samples: list[float] = []
+    per_repeat_fps: list[float] = []
+    per_repeat_median: list[float] = []
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        for i in range(warmup):
+            engine(batches[i % len(batches)])
+        synchronize(device)
+        warmup_s = time.perf_counter() - t0
+        for _ in range(repeats):
+            times: list[float] = []
+            synchronize(device)
+            start = time.perf_counter()
+            for frames in batches:
+                t = time.perf_counter()
+                engine(frames)
+                synchronize(device)
+                times.append((time.perf_counter() - t) * 1000.0)
+            elapsed = time.perf_counter() - start
+            per_repeat_fps.append(len(batches) * batch / elapsed)
+            per_repeat_median.append(summarize(times)["median"])
+            samples.extend(times)
+    fps = summarize(per_repeat_fps)
+    return {
+        "latency_ms": summarize(samples),
+        "fps": fps["median"],
+        "fps_min": fps["min"],
+        "fps_max": fps["max"],
+        "fps_spread": spread(per_repeat_fps),
+        "fps_per_repeat": per_repeat_fps,
+        "latency_median_per_repeat_ms": per_repeat_median,
+        "calls_per_repeat": len(batches),
+        "frames_per_call": batch,
+        "warmup_calls": warmup,
+        "warmup_s": warmup_s,
+        "samples_ms": samples,
+    }
+
+
+def _pipeline_api() -> tuple[Any, Any]:
+    try:
+        from unweather.stream import RunConfig, run
+    except ImportError as exc:
+        raise NotImplementedError("unweather.stream.run is not available in this installation") from exc
+    return RunConfig, run
+
+
+def time_pipeline(engine: Any, clip: Path, batch: int, repeats: int, workdir: Path) -> dict[str, Any]:
+    """Time the whole decode -> infer -> encode pipeline through `unweather.stream.run`, `repeats` times."""
+    run_config_cls, run = _pipeline_api()
+    fields = {f.name for f in dataclasses.fields(run_config_cls)}
+    kwargs: dict[str, Any] = {}
+    if "batch" in fields:
+        kwargs["batch"] = batch
+    runs: list[dict[str, Any]] = []
+    for i in range(repeats):
+        output = workdir / f"pipeline-{i}.mp4"
+        stats = run(str(clip), str(output), config=run_config_cls(**kwargs), engine=engine)
+        runs.append(stats.to_dict())
+        output.unlink(missing_ok=True)
+    fps_values = [float(r["fps"]) for r in runs]
+    result: dict[str, Any] = {
+        "status": "ok",
+        "fps": summarize(fps_values)["median"],
+        "fps_min": min(fps_values),
+        "fps_max": max(fps_values),
+        "fps_spread": spread(fps_values),
+        "fps_per_repeat": fps_values,
+        "latency_ms": _median_latency(runs),
+        "runs": runs,
+    }
+    return result
+
+
+def _median_latency(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Each end-to-end latency percentile, as the median over repetitions."""
+    import statistics
+
+    latency: dict[str, float] = {}
+    for key in runs[0]:
+        if "latency" not in key:
+            continue
+        value = runs[0][key]
+        if isinstance(value, dict):
+            for sub in value:
+                values = [r[key][sub] for r in runs if isinstance(r.get(key), dict) and r[key].get(sub) is not None]
+                if values and all(isinstance(v, (int, float)) for v in values):
+                    latency[sub] = statistics.median(values)
+        elif isinstance(value, (int, float)):
+            values = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
+            latency[key] = statistics.median(values)
+    return latency
+
+
+def _open_engine(combo: Combination, device: torch.device, options: dict[str, Any]) -> Any:
+    from unweather import engine as engines
+
+    engine = engines.open(combo.model.model, backend=combo.backend.name, precision=combo.precision,
+                          device=device, **options)
+    if getattr(engine, "backend", combo.backend.name) != combo.backend.name:
+        name = engine.backend
+        engine.close()
+        raise NotImplementedError(f"engine.open returned a {name!r} engine for backend {combo.backend.name!r}")
+    return engine
+
+
+def _release(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_combination(combo: Combination, frames: torch.Tensor, clip: Path, config: BenchConfig,
+                    device: torch.device, workdir: Path) -> dict[str, Any]:
+    """Measure one combination: the engine alone, then the whole pipeline; never raises for a skip."""
+    row: dict[str, Any] = {
+        "model": combo.model.model,
+        "backend": combo.backend.name,
+        "backend_label": combo.backend.label,
+        "options": dict(combo.backend.options),
+        "precision": combo.precision,
+        "resolution": str(combo.resolution),
+        "width": combo.resolution.width,
+        "height": combo.resolution.height,
+        "batch": combo.batch,
+        "baseline": combo.baseline,
+    }
+    combo_device, options = _split_device(combo, device)
+    row["device"] = str(combo_device)
+    reason = precheck(combo, device)
+    if reason:
+        row.update(status="skipped", reason=reason)
+        return row
+    engine = None
+    sampler = ResourceSampler(combo_device, config.sample_interval_s)
+    try:
+        with sampler:
+            start = time.perf_counter()
+            engine = _open_engine(combo, combo_device, options)
+            row["open_s"] = time.perf_counter() - start
+            row["engine_device"] = str(engine.device)
+            batches = make_batches(frames, combo.batch, engine.device)
+            row["engine"] = time_engine(engine, batches, config.warmup, config.repeats)
+            del batches
+            if config.pipeline:
+                row["pipeline"] = _guarded_pipeline(engine, clip, combo, config.repeats, workdir)
+        row["status"] = "ok"
+    except Exception as exc:  # a benchmark reports any failure of one combination and goes on
+        status, reason = classify_failure(exc, combo)
+        logger.debug("%s: %s", combo.label, reason, exc_info=True)
+        row.update(status=status, reason=reason)
+    finally:
+        if engine is not None:
+            engine.close()
+        del engine
+        _release(combo_device)
+    if getattr(sampler, "_rss", None):
+        row["resources"] = sampler.result()
+    return row
+
+
+def _guarded_pipeline(engine: Any, clip: Path, combo: Combination, repeats: int,
+                      workdir: Path) -> dict[str, Any]:
+    try:
+        return time_pipeline(engine, clip, combo.batch, repeats, workdir)
+    except Exception as exc:  # the engine's numbers stand even when the pipeline fails
+        status, reason = classify_failure(exc, combo)
+        logger.debug("%s pipeline: %s", combo.label, reason, exc_info=True)
+        return {"status": status, "reason": reason}
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """Set each row's speed ratio to its group's torch fp32 eager baseline (baseline: exactly 1).
+
+    Engine: baseline median latency / median latency (same frames, same batch). Pipeline:
+    median FPS / baseline median FPS. A missing or failed baseline gives None.
+    """
+    baselines = {(r["model"], r["resolution"], r["batch"]): r
+                 for r in rows if r["baseline"] and r.get("status") == "ok"}
+    for row in rows:
+        if row.get("status") != "ok":
+            continue
+        base = baselines.get((row["model"], row["resolution"], row["batch"]))
+        engine = row["engine"]
+        engine["x_vs_baseline"] = None
+        if base is not None:
+            engine["x_vs_baseline"] = (base["engine"]["latency_ms"]["median"]
+                                       / engine["latency_ms"]["median"])
+        pipe = row.get("pipeline")
+        if pipe and pipe.get("status") == "ok":
+            base_pipe = base.get("pipeline") if base is not None else None
+            pipe["x_vs_baseline"] = None
+            if base_pipe and base_pipe.get("status") == "ok" and base_pipe["fps"]:
+                pipe["x_vs_baseline"] = pipe["fps"] / base_pipe["fps"]
+
+
+def run_bench(config: BenchConfig, progress: bool = True, command: str | None = None) -> dict[str, Any]:
+    """Measure every combination of `config` and return the results payload (see `save_results`).
+
+    Args:
+        config: what to measure.
+        progress: show a progress bar over the combinations.
+        command: the command line that started the run, recorded in the results.
+    """
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    config.validate()
+    device = resolve_device(config.device)
+    machine = machine_info()
+    machine["load_average_start"] = machine.pop("load_average")
+    started = time.perf_counter()
+    combos = combinations(config)
+    rows: list[dict[str, Any]] = []
+    clips: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="unweather-bench-") as tmp:
+        workdir = Path(tmp)
+        frames_by_res: dict[Resolution, tuple[torch.Tensor, Path]] = {}
+        for res in dict.fromkeys(c.resolution for c in combos):
+            path = workdir / f"clip-{res}.mp4"
+            frames, count = prepare_clip(config.input, res, config.frames, path)
+            frames_by_res[res] = (frames, path)
+            clips[str(res)] = {"frames": count, "source": redact(config.input) if config.input else "synthetic"}
+        with logging_redirect_tqdm(loggers=[logging.getLogger("unweather")]):
+            bar = tqdm(combos, desc="bench", unit="combination", disable=None if progress else True,
+                       dynamic_ncols=True)
+            for combo in bar:
+                bar.set_postfix_str(combo.label)
+                frames, path = frames_by_res[combo.resolution]
+                row = run_combination(combo, frames, path, config, device, workdir)
+                _log_row(combo, row)
+                rows.append(row)
+    add_ratios(rows)
+    machine["load_average_end"] = load_average()
+    return {
+        "schema": SCHEMA,
+        "command": command,
+        "config": config.to_dict(),
+        "device": str(device),
+        "clips": clips,
+        "machine": machine,
+        "duration_s": time.perf_counter() - started,
+        "results": rows,
+    }
+
+
+def _log_row(combo: Combination, row: dict[str, Any]) -> None:
+    if row["status"] != "ok":
+        logger.info("%s: %s (%s)", combo.label, row["status"], row["reason"])
+        return
+    eng = row["engine"]
+    text = f"{combo.label}: engine {eng['fps']:.1f} FPS, p50 {eng['latency_ms']['median']:.1f} ms"
+    pipe = row.get("pipeline")
+    if pipe and pipe.get("status") == "ok":
+        text += f", pipeline {pipe['fps']:.1f} FPS"
+    elif pipe:
+        text += f", pipeline {pipe['status']} ({pipe['reason']})"
+    logger.info("%s", text)
