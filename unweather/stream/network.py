@@ -174,7 +174,7 @@ class NetworkSource:
                 self.state = SourceState.CONNECTING if not ever_streamed else SourceState.RECONNECTING
                 reason = "the stream ended"
                 try:
-                    container = self._open()
+                    container = self._open(last_frame_at + opts.give_up_after)
                     for item in self._decode(container):
                         if not ever_streamed:
                             logger.info("receiving %s (%sx%s)", self.redacted_url, self.width, self.height)
@@ -193,14 +193,15 @@ class NetworkSource:
                     self._close_container()
                 if self.stop_event.is_set():
                     break
-                silent = time.monotonic() - last_frame_at
-                if silent >= opts.give_up_after:
+                deadline = last_frame_at + opts.give_up_after
+                if time.monotonic() >= deadline:
+                    silent = time.monotonic() - last_frame_at
                     raise UnweatherError(
                         f"no frame from {self.redacted_url} for {silent:.0f} s ({reason}); giving up.")
-                delay = min(backoff, opts.give_up_after - silent)
-                self._wait_for_restart_slot(last_frame_at)
+                self._wait_for_restart_slot(deadline)
                 if self.stop_event.is_set():
                     break
+                delay = min(backoff, max(0.0, deadline - time.monotonic()))
                 self.restarts += 1
                 self.state = SourceState.RECONNECTING
                 logger.warning("%s: %s; reconnecting in %.1f s (restart %d)", self.redacted_url, reason,
@@ -212,24 +213,26 @@ class NetworkSource:
             self._close_container()
             self.state = SourceState.STOPPED
 
-    def _wait_for_restart_slot(self, last_frame_at: float) -> None:
-        """Hold back while `max_restarts_per_minute` restarts happened in the last minute."""
+    def _wait_for_restart_slot(self, deadline: float) -> None:
+        """Hold back while `max_restarts_per_minute` restarts happened in the last minute, up to `deadline`."""
         now = time.monotonic()
         while self._restart_times and now - self._restart_times[0] > 60.0:
             self._restart_times.popleft()
         if len(self._restart_times) >= self.options.max_restarts_per_minute:
             wait = 60.0 - (now - self._restart_times[0])
-            # Never wait past the give-up deadline: the next attempt is the last one.
-            wait = min(wait, max(0.0, last_frame_at + self.options.give_up_after - now))
+            # Never wait past the give-up deadline: the attempt after it is the last one.
+            wait = min(wait, max(0.0, deadline - now))
             logger.warning("%s: %d restarts in the last minute; waiting %.1f s", self.redacted_url,
                            len(self._restart_times), wait)
             self.stop_event.wait(wait)
         self._restart_times.append(time.monotonic())
 
-    def _open(self) -> av.container.InputContainer:
+    def _open(self, deadline: float) -> av.container.InputContainer:
         import av
 
         opts = self.options
+        # The last attempt before giving up gets only the time that is left.
+        open_timeout = min(opts.open_timeout, max(0.2, deadline - time.monotonic()))
         options = {"fflags": "discardcorrupt"}
         scheme = self.url.partition("://")[0].lower()
         if scheme in ("rtsp", "rtsps"):
@@ -237,7 +240,7 @@ class NetworkSource:
         elif scheme in ("http", "https"):
             options["reconnect"] = "0"  # we reconnect ourselves, with our own backoff and limits
         logger.debug("opening %s", self.redacted_url)
-        container = av.open(self.url, mode="r", options=options, timeout=(opts.open_timeout, opts.read_timeout))
+        container = av.open(self.url, mode="r", options=options, timeout=(open_timeout, opts.read_timeout))
         self._container = container
         if not container.streams.video:
             raise UnweatherError(f"{self.redacted_url} has no video stream.")
