@@ -18,6 +18,7 @@ from unweather.bench.config import (
     ModelSpec,
     Resolution,
     parse_backend,
+    parse_exclusion,
     parse_model,
     parse_resolution,
 )
@@ -187,6 +188,31 @@ def test_specs_and_combinations():
         ("a", "1280x720", "onnxruntime", "fp32", False), ("a", "1280x720", "onnxruntime", "fp16", False),
         ("b", "640x360", "torch", "fp32", True), ("b", "640x360", "onnxruntime", "fp32", False),
         ("b", "640x360", "onnxruntime", "fp16", False)]
+
+
+def test_exclusions_and_slow_first_calls_are_skipped_with_reasons(tmp_path):
+    import time
+
+    from unweather.bench.runner import TooSlowError, run_bench
+
+    config = BenchConfig(backends=[BackendSpec("torch")], precisions=["fp32", "bf16"],
+                         resolutions=[Resolution(32, 32)], frames=2, repeats=1, warmup=1, device="cpu",
+                         pipeline=False, exclude=[parse_exclusion("backend=tor*,precision=bf16")])
+    base, bf16 = run_bench(config, progress=False)["results"]
+    assert base["status"] == "ok"  # the baseline is never excluded
+    assert bf16["status"] == "skipped" and bf16["reason"] == "excluded by --exclude backend=tor*,precision=bf16"
+    with pytest.raises(UnweatherError, match="KEY=VALUE"):
+        parse_exclusion("speed=fast")
+
+    def slow(x):
+        time.sleep(0.02)
+        return x
+
+    batches = [torch.zeros(1, 3, 8, 8)]
+    for warmup in (0, 1):
+        with pytest.raises(TooSlowError, match="first call took"):
+            time_engine(slow, batches, warmup=warmup, repeats=1, max_call_s=0.001)
+    assert len(time_engine(slow, batches, warmup=1, repeats=1, max_call_s=10.0)["samples_ms"]) == 1
 
 
 def test_failures_are_classified():

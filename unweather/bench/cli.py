@@ -46,6 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--frames", type=int, default=32, help="frames in the clip, one repetition (default: 32)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (default: 3)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed engine calls first (default: 3)")
+    parser.add_argument("--exclude", nargs="+", default=[], metavar="KEY=VALUE[,...]",
+                        help="combinations not to measure, e.g. backend=torch,precision=fp16 (keys: model, "
+                             "backend, precision, resolution, batch; values may use * and ?)")
+    parser.add_argument("--max-call-seconds", type=float, metavar="S",
+                        help="skip a combination whose first engine call takes longer than S seconds")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     parser.add_argument("--json", metavar="FILE", help="write every measurement with machine info as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw FPS per backend and latency distributions")
@@ -83,6 +88,10 @@ def command_line(args: argparse.Namespace) -> str:
               "--resolutions", *args.resolutions, "--batch", *map(str, args.batch),
               "--frames", str(args.frames), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
               "--device", args.device]
+    if args.exclude:
+        words += ["--exclude", *args.exclude]
+    if args.max_call_seconds is not None:
+        words += ["--max-call-seconds", f"{args.max_call_seconds:g}"]
     if args.no_pipeline:
         words.append("--no-pipeline")
     for flag in ("json", "plot", "markdown"):
@@ -93,7 +102,13 @@ def command_line(args: argparse.Namespace) -> str:
 
 def handle(args: argparse.Namespace) -> int:
     """Run the benchmark, print the table and write the requested files."""
-    from unweather.bench.config import BenchConfig, parse_backend, parse_model, parse_resolution
+    from unweather.bench.config import (
+        BenchConfig,
+        parse_backend,
+        parse_exclusion,
+        parse_model,
+        parse_resolution,
+    )
     from unweather.bench.report import markdown_report, write_plot
     from unweather.bench.runner import resolve_device, run_bench
     from unweather.machine import save_results
@@ -117,6 +132,8 @@ def handle(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         device=args.device,
         pipeline=not args.no_pipeline,
+        exclude=[parse_exclusion(e) for e in args.exclude],
+        max_call_s=args.max_call_seconds,
     )
     payload = run_bench(config, progress=not args.no_progress, command=command_line(args))
     report = markdown_report(payload)

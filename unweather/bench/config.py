@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass, field
 
@@ -127,6 +128,38 @@ def parse_model(text: str) -> ModelSpec:
     return ModelSpec(model, tuple(parse_resolution(r) for r in sizes))
 
 
+EXCLUDE_KEYS = ("model", "backend", "precision", "resolution", "batch")
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """Combinations not to measure, e.g. "backend=torch,precision=fp16" (values may use * and ?)."""
+
+    terms: tuple[tuple[str, str], ...]
+
+    @property
+    def label(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in self.terms)
+
+    def matches(self, values: dict[str, str]) -> bool:
+        """True when every term matches `values` (keys as in `EXCLUDE_KEYS`)."""
+        return all(fnmatch.fnmatchcase(values[k], v) for k, v in self.terms)
+
+
+def parse_exclusion(text: str) -> Exclusion:
+    """Parse "KEY=PATTERN[,KEY=PATTERN...]" with KEY one of `EXCLUDE_KEYS`."""
+    terms = []
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in EXCLUDE_KEYS or not value:
+            raise UnweatherError(f"exclusion {text!r} is not KEY=VALUE[,KEY=VALUE] with KEY one of "
+                                 f"{', '.join(EXCLUDE_KEYS)}")
+        terms.append((key, value))
+    if not terms:
+        raise UnweatherError("an exclusion is empty")
+    return Exclusion(tuple(terms))
+
+
 @dataclass
 class BenchConfig:
     """Everything one `unweather bench` run measures.
@@ -143,6 +176,8 @@ class BenchConfig:
         warmup: untimed engine calls before timing.
         device: "cpu", "cuda", "cuda:N" or "auto" (CUDA when available).
         pipeline: also time the whole decode -> infer -> encode pipeline through `unweather.stream.run`.
+        exclude: combinations not to measure (reported as skipped).
+        max_call_s: skip a combination whose first call takes longer than this (None: never).
         sample_interval_s: how often memory, GPU utilisation and power are sampled.
     """
 
@@ -157,6 +192,8 @@ class BenchConfig:
     warmup: int = 3
     device: str = "auto"
     pipeline: bool = True
+    exclude: list[Exclusion] = field(default_factory=list)
+    max_call_s: float | None = None
     sample_interval_s: float = 0.05
 
     def validate(self) -> None:
@@ -170,6 +207,8 @@ class BenchConfig:
             raise UnweatherError("batch sizes must be at least 1")
         if self.frames < 1 or self.repeats < 1 or self.warmup < 0:
             raise UnweatherError("--frames and --repeats must be at least 1 and --warmup at least 0")
+        if self.max_call_s is not None and self.max_call_s <= 0:
+            raise UnweatherError("--max-call-seconds must be positive")
         for spec in self.models:
             extra = [r for r in spec.resolutions if r not in self.resolutions]
             if extra:
@@ -192,4 +231,6 @@ class BenchConfig:
             "warmup": self.warmup,
             "device": self.device,
             "pipeline": self.pipeline,
+            "exclude": [e.label for e in self.exclude],
+            "max_call_s": self.max_call_s,
         }

@@ -26,6 +26,7 @@ from unweather.bench.config import (
     BASELINE_PRECISION,
     BackendSpec,
     BenchConfig,
+    Exclusion,
     ModelSpec,
     Resolution,
 )
@@ -68,6 +69,15 @@ class Combination:
     def group(self) -> tuple[str, str, int]:
         """What a baseline is shared by: model, resolution and batch."""
         return self.model.model, str(self.resolution), self.batch
+
+    def excluded_by(self, exclusions: list[Exclusion]) -> Exclusion | None:
+        """The first exclusion that matches this combination (the backend by label or by name)."""
+        values = {"model": self.model.model, "backend": self.backend.label, "precision": self.precision,
+                  "resolution": str(self.resolution), "batch": str(self.batch)}
+        for exclusion in exclusions:
+            if exclusion.matches(values) or exclusion.matches({**values, "backend": self.backend.name}):
+                return exclusion
+        return None
 
 
 def combinations(config: BenchConfig) -> list[Combination]:
@@ -161,10 +171,16 @@ def make_batches(frames: torch.Tensor, batch: int, device: torch.device) -> list
     return [frames[order[i * batch:(i + 1) * batch]].to(device).contiguous() for i in range(calls)]
 
 
-def time_engine(engine: Any, batches: list[torch.Tensor], warmup: int, repeats: int) -> dict[str, Any]:
+class TooSlowError(UnweatherError):
+    """A combination's first call took longer than the run allows."""
+
+
+def time_engine(engine: Any, batches: list[torch.Tensor], warmup: int, repeats: int,
+                max_call_s: float | None = None) -> dict[str, Any]:
     """Time `engine` alone: `warmup` untimed calls, then `repeats` passes over `batches`.
 
     Each call is timed between device synchronisations, so queued GPU work is never missed.
+    With `max_call_s`, a first call (warm-up or not) slower than that raises `TooSlowError`.
     """
     device = batches[0].device
     batch = batches[0].shape[0]
@@ -175,7 +191,9 @@ def time_engine(engine: Any, batches: list[torch.Tensor], warmup: int, repeats: 
         t0 = time.perf_counter()
         for i in range(warmup):
             engine(batches[i % len(batches)])
-        synchronize(device)
+            synchronize(device)
+            if i == 0:
+                _check_first_call(time.perf_counter() - t0, max_call_s)
         warmup_s = time.perf_counter() - t0
         for _ in range(repeats):
             times: list[float] = []
@@ -186,6 +204,8 @@ def time_engine(engine: Any, batches: list[torch.Tensor], warmup: int, repeats: 
                 engine(frames)
                 synchronize(device)
                 times.append((time.perf_counter() - t) * 1000.0)
+                if not warmup and len(samples) + len(times) == 1:
+                    _check_first_call(times[0] / 1000.0, max_call_s)
             elapsed = time.perf_counter() - start
             per_repeat_fps.append(len(batches) * batch / elapsed)
             per_repeat_median.append(summarize(times)["median"])
@@ -205,6 +225,12 @@ def time_engine(engine: Any, batches: list[torch.Tensor], warmup: int, repeats: 
         "warmup_s": warmup_s,
         "samples_ms": samples,
     }
+
+
+def _check_first_call(seconds: float, max_call_s: float | None) -> None:
+    if max_call_s is not None and seconds > max_call_s:
+        raise TooSlowError(f"too slow: the first call took {seconds:.1f} s (more than --max-call-seconds "
+                           f"{max_call_s:g})")
 
 
 def _pipeline_api() -> tuple[Any, Any]:
@@ -297,7 +323,8 @@ def run_combination(combo: Combination, frames: torch.Tensor, clip: Path, config
     }
     combo_device, options = _split_device(combo, device)
     row["device"] = str(combo_device)
-    reason = precheck(combo, device)
+    exclusion = None if combo.baseline else combo.excluded_by(config.exclude)
+    reason = f"excluded by --exclude {exclusion.label}" if exclusion else precheck(combo, device)
     if reason:
         row.update(status="skipped", reason=reason)
         return row
@@ -310,7 +337,7 @@ def run_combination(combo: Combination, frames: torch.Tensor, clip: Path, config
             row["open_s"] = time.perf_counter() - start
             row["engine_device"] = str(engine.device)
             batches = make_batches(frames, combo.batch, engine.device)
-            row["engine"] = time_engine(engine, batches, config.warmup, config.repeats)
+            row["engine"] = time_engine(engine, batches, config.warmup, config.repeats, config.max_call_s)
             del batches
             if config.pipeline:
                 row["pipeline"] = _guarded_pipeline(engine, clip, combo, config.repeats, workdir)
