@@ -1,0 +1,95 @@
+"""The student family: tap interface, FLOP budgets, ONNX-friendly operators, global residual."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from unweather.models import build, count_flops
+from unweather.models.student import Student, StudentConfig
+
+STUDENTS = ["student_small", "student_base"]
+
+
+@pytest.mark.parametrize("name", STUDENTS)
+def test_taps_at_quarter_eighth_sixteenth(name):
+    model = build(name).eval()
+    x = torch.rand(2, 3, 48, 80)
+    with torch.no_grad():
+        out, taps = model(x, return_feat=True)
+    assert out.shape == x.shape
+    assert model.pad_multiple == 16
+    assert len(taps) == 4 == len(model.tap_channels)
+    assert [tuple(t.shape) for t in taps] == [
+        (2, model.tap_channels[0], 12, 20),
+        (2, model.tap_channels[1], 6, 10),
+        (2, model.tap_channels[2], 3, 5),
+        (2, model.tap_channels[3], 3, 5),
+    ]
+
+
+def test_flop_budgets():
+    small = count_flops(build("student_small"), 256, 256) / 256**2
+    base = count_flops(build("student_base"), 256, 256) / 256**2
+    assert 1_000 < small <= 20_000
+    assert 60_000 <= base <= 140_000
+
+
+def test_count_flops_counts_a_known_convolution():
+    conv = nn.Conv2d(3, 8, 3, padding=1)
+    # 2 FLOP per multiply-add: 2 * 8 outputs * 27 inputs per output pixel.
+    assert count_flops(conv, 16, 32) == 2 * 8 * 27 * 16 * 32
+
+
+def test_count_flops_pads_like_padcrop():
+    model = build("student_small")
+    assert count_flops(model, 17, 30) == count_flops(model, 32, 32)
+
+
+def test_msbdn_flops_match_the_paper():
+    # METHOD.md: about 550 GFLOP for one 1280x720 frame.
+    with torch.device("meta"):
+        model = build("msbdn")
+    assert count_flops(model, 720, 1280) == pytest.approx(550e9, rel=0.01)
+
+
+def test_global_residual_keeps_a_constant_frame_close():
+    # The correction path starts small: an untrained student is near the identity.
+    model = build("student_small").eval()
+    x = torch.full((1, 3, 32, 32), 0.5)
+    with torch.no_grad():
+        assert (model(x) - x).abs().max() < 0.1
+
+
+def test_options_override_and_round_trip_through_json_lists():
+    model = build("student_small", widths=[8, 16, 24, 32], bottleneck_depth=1)
+    assert model.tap_channels == (16, 24, 32, 32)
+    assert model.config == StudentConfig(widths=(8, 16, 24, 32), bottleneck_depth=1)
+    assert model.arch_options == {"widths": [8, 16, 24, 32], "bottleneck_depth": 1}
+    with pytest.raises(ValueError):
+        Student(StudentConfig(widths=(8, 16, 24)))
+
+
+@pytest.mark.parametrize("name", STUDENTS)
+def test_onnx_export_uses_only_native_operators(name, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    model = build(name).eval()
+    path = tmp_path / "student.onnx"
+    torch.onnx.export(
+        model,
+        (torch.rand(1, 3, 32, 48),),
+        str(path),
+        input_names=["input"],
+        output_names=["output"],
+        dynamo=False,
+        opset_version=17,
+    )
+    graph = onnx.load(str(path)).graph
+    used = {node.op_type for node in graph.node}
+    allowed = {
+        "Conv", "ConvTranspose", "Relu", "PRelu", "LeakyRelu", "Add", "Mul", "Concat", "Resize",
+        "GlobalAveragePool", "ReduceMean", "Sigmoid", "Pad", "DepthToSpace", "SpaceToDepth", "Slice",
+        "Constant", "Identity", "Reshape", "Transpose",
+    }  # fmt: skip
+    assert used <= allowed, used - allowed
