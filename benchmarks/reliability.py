@@ -192,8 +192,10 @@ def reliability_text(results: dict[str, Any]) -> str:
     """The README's RELIABILITY section, from the measured results."""
     lines = ["## Reliability", ""]
     machine = results.get("machine", {})
-    lines.append(f"Measured by `benchmarks/reliability.py` (commit {str(machine.get('git', {}).get('commit'))[:8]}, "
-                 f"{machine.get('cpu', 'CPU')}), against real servers on loopback.")
+    cpu = machine.get("cpu") or {}
+    commit = str((machine.get("git") or {}).get("commit"))[:8]
+    lines.append(f"Measured by `benchmarks/reliability.py` (commit {commit}, {cpu.get('model', 'CPU')} with "
+                 f"{cpu.get('threads', '?')} threads), against real servers on loopback.")
     lines.append("")
     src = results.get("source")
     if src:

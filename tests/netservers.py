@@ -158,6 +158,42 @@ class RtspReceiver(RtspServer):
         self.path = Path(path)
 
 
+class FfmpegListener:
+    """`ffmpeg -listen 1` receiving one published stream (RTMP by default) and copying it into `path`.
+
+    It takes exactly one client, so publishers must not probe it first (`probe=False`).
+    """
+
+    def __init__(self, log_dir: Path, path: Path, scheme: str = "rtmp") -> None:
+        self.port = free_port()
+        self.path = Path(path)
+        self.url = f"{scheme}://127.0.0.1:{self.port}/live/stream"
+        self.log_path = Path(log_dir) / f"ffmpeg_listener_{self.port}.log"
+        listen = ["-listen", "1"] if scheme == "rtmp" else ["-rtsp_flags", "listen"]
+        self.args = ["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", *listen, "-i", self.url,
+                     "-c", "copy", "-y", str(self.path)]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> FfmpegListener:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=log)
+        if not wait_for(lambda: port_listening(self.port) or self.proc.poll() is not None, timeout) \
+                or self.proc.poll() is not None:
+            self.kill()
+            raise RuntimeError(f"ffmpeg did not listen: {self.log_path.read_text()[-2000:]}")
+        return self
+
+    def wait(self, timeout: float = 20.0) -> int:
+        """Wait for ffmpeg to finish (the publisher closed) and return its exit status."""
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
 class SilentTcpServer:
     """Accepts TCP connections on loopback and never sends a byte: a camera that hangs."""
 

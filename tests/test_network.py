@@ -16,7 +16,15 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from netservers import RtspServer, free_port, requires_gst_rtsp, serve_receiver, serve_rtsp, serve_silent_tcp
+from netservers import (
+    FfmpegListener,
+    RtspServer,
+    free_port,
+    requires_gst_rtsp,
+    serve_receiver,
+    serve_rtsp,
+    serve_silent_tcp,
+)
 
 from unweather.errors import UnweatherError
 from unweather.stream.network import (
@@ -25,6 +33,7 @@ from unweather.stream.network import (
     NetworkSource,
     is_network_url,
     open_output_container,
+    output_error,
 )
 
 FAST = {"open_timeout": 1.0, "read_timeout": 1.0, "stall_timeout": 2.0, "backoff_initial": 0.1,
@@ -305,23 +314,51 @@ def _ffprobe(path: Path) -> dict:
     return json.loads(out.stdout)["streams"][0]
 
 
+def _publish(out: av.container.OutputContainer, frames: int, rate: int = 50, paced: bool = True) -> None:
+    stream = out.add_stream("libx264", rate=rate, options={"preset": "ultrafast", "tune": "zerolatency"})
+    stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
+    start = time.monotonic()
+    for i in range(frames):
+        frame = av.VideoFrame.from_ndarray(np.full((96, 160, 3), i * 5, np.uint8), format="rgb24")
+        frame.pts, frame.time_base = i, Fraction(1, rate)
+        out.mux(stream.encode(frame))
+        if paced:
+            # A live publisher runs at its frame rate; the GStreamer receiver's jitter buffer expects that.
+            time.sleep(max(0.0, start + (i + 1) / rate - time.monotonic()))
+    out.mux(stream.encode())
+    if paced:
+        time.sleep(0.3)
+    out.close()
+
+
 @pytest.mark.rtsp
 def test_publish_to_rtsp_receiver(rtsp_receiver):
     sent = 40
-    out = open_output_container(rtsp_receiver.url(), NetworkOptions(**FAST))
-    stream = out.add_stream("libx264", rate=50, options={"preset": "ultrafast", "tune": "zerolatency"})
-    stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
-    start = time.monotonic()
-    for i in range(sent):
-        frame = av.VideoFrame.from_ndarray(np.full((96, 160, 3), i * 5, np.uint8), format="rgb24")
-        frame.pts, frame.time_base = i, Fraction(1, 50)
-        out.mux(stream.encode(frame))
-        # A live publisher runs at its frame rate; the receiver's jitter buffer expects that.
-        time.sleep(max(0.0, start + (i + 1) / 50 - time.monotonic()))
-    out.mux(stream.encode())
-    time.sleep(0.3)
-    out.close()
+    _publish(open_output_container(rtsp_receiver.url(), NetworkOptions(**FAST)), sent)
     rtsp_receiver.stop()
     info = _ffprobe(rtsp_receiver.path)
     assert (info["codec_name"], info["width"], info["height"]) == ("h264", 160, 96)
     assert int(info["nb_read_frames"]) >= sent - 2
+
+
+def test_publish_to_rtmp_listener(tmp_path):
+    listener = FfmpegListener(tmp_path, tmp_path / "received.flv").start()
+    try:
+        _publish(open_output_container(listener.url, NetworkOptions(**FAST), probe=False), 30, paced=False)
+        assert listener.wait() == 0, listener.log_path.read_text()
+    finally:
+        listener.kill()
+    info = _ffprobe(listener.path)
+    assert (info["codec_name"], info["width"], info["height"]) == ("h264", 160, 96)
+    assert int(info["nb_read_frames"]) == 30
+
+
+def test_publish_error_is_one_clear_line(tmp_path):
+    # Nothing listens and the probe is off: the failure comes at the first packet, and is wrapped.
+    url = f"rtmp://user:{SECRET}@127.0.0.1:{free_port()}/live/stream"
+    out = open_output_container(url, NetworkOptions(**FAST), probe=False)
+    with pytest.raises((av.error.FFmpegError, OSError)) as info:
+        _publish(out, 5, paced=False)
+    error = output_error(url, info.value)
+    assert isinstance(error, UnweatherError)
+    assert SECRET not in str(error) and "***@127.0.0.1" in str(error)

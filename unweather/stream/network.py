@@ -346,12 +346,16 @@ def _probe_tcp(url: str, timeout: float) -> None:
         raise UnweatherError(f"cannot reach the receiver at {redact(url)}: {reason}.") from None
 
 
-def open_output_container(url: str, options: NetworkOptions | None = None) -> av.container.OutputContainer:
+def open_output_container(url: str, options: NetworkOptions | None = None, *,
+                          probe: bool = True) -> av.container.OutputContainer:
     """Open a container that publishes to a media server: rtsp(s):// (RECORD), rtmp(s):// (FLV), srt://.
 
-    The receiver is checked before returning (RTSP and RTMP), so an unreachable one is one clear
-    error rather than a failure at the first frame. Socket reads and writes are bounded by
-    `read_timeout` where the protocol lets FFmpeg bound them (RTSP, SRT).
+    FFmpeg connects only when the first packet is muxed; with `probe` (the default) the receiver
+    is checked with a TCP connection first (RTSP, RTMP), so an unreachable one is one clear error
+    here rather than at the first frame. Turn `probe` off for one-shot listeners such as
+    `ffmpeg -listen 1`, which take the probe for their one client. Socket reads and writes are
+    bounded by `read_timeout` where FFmpeg lets them be (RTSP, SRT). Wrap errors from `mux` and
+    `close` with `output_error`.
 
     Raises:
         UnweatherError: unsupported scheme, unreachable receiver, or no support in this FFmpeg build.
@@ -365,11 +369,9 @@ def open_output_container(url: str, options: NetworkOptions | None = None) -> av
         fmt = "rtsp"
         transport = opts.rtsp_transport if opts.rtsp_transport in ("tcp", "udp") else "tcp"
         container_options = {"rtsp_transport": transport, "timeout": str(int(opts.read_timeout * 1e6))}
-        _probe_tcp(url, opts.open_timeout)
     elif scheme in ("rtmp", "rtmps"):
         # FFmpeg's RTMP "timeout" option means *listen*: the TCP connect has its own 5 s bound.
         fmt = "flv"
-        _probe_tcp(url, opts.open_timeout)
     elif scheme == "srt":
         fmt = "mpegts"
         query = urlsplit(url).query
@@ -382,9 +384,21 @@ def open_output_container(url: str, options: NetworkOptions | None = None) -> av
             url = url + ("&" if "?" in url else "?") + "&".join(extra)
     else:
         raise UnweatherError(f"cannot publish to {redact(url)}: use an rtsp://, rtmp:// or srt:// URL.")
+    if probe and scheme != "srt":
+        _probe_tcp(url, opts.open_timeout)
     try:
         return av.open(url, mode="w", format=fmt, container_options=container_options)
-    except av.error.ProtocolNotFoundError:
-        raise UnweatherError(f"this FFmpeg build (PyAV) cannot publish to {scheme}:// URLs.") from None
     except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise UnweatherError(f"cannot publish to {redact(url)}: {_describe(exc)}.") from None
+        raise output_error(url, exc) from None
+
+
+def output_error(url: str, exc: BaseException) -> UnweatherError:
+    """One clear, redacted error for a failure while publishing to `url` (from `mux` or `close`)."""
+    import av
+
+    if isinstance(exc, av.error.ProtocolNotFoundError):
+        scheme = url.partition("://")[0].lower()
+        return UnweatherError(f"this FFmpeg build (PyAV) cannot publish to {scheme}:// URLs.")
+    if isinstance(exc, UnweatherError):
+        return exc
+    return UnweatherError(f"publishing to {redact(url)} failed: {_describe(exc)}.")
