@@ -4,11 +4,13 @@ Each model module is imported here by name, which registers its factories.
 """
 
 from unweather.models import identity, msbdn, student  # noqa: F401  (registers models)
+from unweather.models.ckt import CKT
 from unweather.models.flops import count_flops
 from unweather.models.padding import PadCrop, pad_to_multiple
 from unweather.models.registry import UnknownModelError, build, names, register_model
 
 __all__ = [
+    "CKT",
     "PadCrop",
     "UnknownModelError",
     "build",
