@@ -122,6 +122,10 @@ class _TsServer:
                     pass
 
     def close(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() in the serving thread
+        except OSError:
+            pass
         self._sock.close()
         self._thread.join(5)
 

@@ -144,6 +144,7 @@ class NetworkSource:
         self._clock_start: float | None = None
         self._last_time = -1.0
         self._anchor: float | None = None
+        self._reader: int | None = None
 
     @property
     def redacted_url(self) -> str:
@@ -151,10 +152,16 @@ class NetworkSource:
         return redact(self.url)
 
     def close(self) -> None:
-        """Stop reading and release the connection."""
+        """Stop reading and release the connection.
+
+        From another thread than the one iterating `frames()`, this only sets `stop_event`: that
+        thread closes the connection itself within about `read_timeout`, since closing a container
+        under a blocked read would free memory FFmpeg is still using.
+        """
         self.stop_event.set()
-        self._close_container()
-        self.state = SourceState.STOPPED
+        if self._reader in (None, threading.get_ident()):
+            self._close_container()
+            self.state = SourceState.STOPPED
 
     def frames(self) -> Iterator[tuple[av.VideoFrame, float]]:
         """Yield `(frame, arrival_time)` until `stop_event` is set.
@@ -169,6 +176,7 @@ class NetworkSource:
         last_frame_at = time.monotonic()
         backoff = opts.backoff_initial
         ever_streamed = False
+        self._reader = threading.get_ident()
         try:
             while not self.stop_event.is_set():
                 self.state = SourceState.CONNECTING if not ever_streamed else SourceState.RECONNECTING
@@ -211,6 +219,7 @@ class NetworkSource:
                 backoff = min(backoff * 2.0, opts.backoff_max)
         finally:
             self._close_container()
+            self._reader = None
             self.state = SourceState.STOPPED
 
     def _wait_for_restart_slot(self, deadline: float) -> None:
