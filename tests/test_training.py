@@ -20,6 +20,15 @@ from unweather.training.trainer import Stage, Trainer, lr_factor
 WEATHERS = ["haze", "rain", "snow"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors gain nothing from threads, and on a busy machine spinning threads cost a lot.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def meta_dir(tmp_path_factory) -> Path:
     """A tiny synthetic data set: 3 photos, 32 px crops, rain/snow/haze and a clean set."""
@@ -118,65 +127,19 @@ def test_teacher_pairing_is_explicit_and_checked():
         data.pair_teachers(["a.safetensors", "b.safetensors", "haze=c.safetensors"], sets, meta)
 
 
-# -- stand-ins until the real networks are wired (same interfaces) --------------------------------------
+# -- student stages ------------------------------------------------------------------------------------
 
 
-class TinyNet(nn.Module):
-    """A small network with the project's interface: 4 taps at 1/4, 1/8, 1/16, 1/16."""
+def tiny_net(width: int) -> nn.Module:
+    """A student-family network small enough for tests (taps at 1/4, 1/8, 1/16, 1/16)."""
+    from unweather.models import build
 
-    pad_multiple = 16
-
-    def __init__(self, c: int = 4) -> None:
-        super().__init__()
-        self.tap_channels = (c, 2 * c, 2 * c, 2 * c)
-        self.down4 = nn.Conv2d(3, c, 4, 4)
-        self.down8 = nn.Conv2d(c, 2 * c, 2, 2)
-        self.down16 = nn.Conv2d(2 * c, 2 * c, 2, 2)
-        self.body = nn.Conv2d(2 * c, 2 * c, 3, padding=1)
-        self.up = nn.Conv2d(2 * c, 3 * 256, 1)
-        self.act = nn.PReLU()
-
-    def forward(self, x: torch.Tensor, return_feat: bool = False):
-        t0 = self.act(self.down4(x))
-        t1 = self.act(self.down8(t0))
-        t2 = self.act(self.down16(t1))
-        t3 = t2 + self.body(t2)
-        out = x + nn.functional.pixel_shuffle(self.up(t3), 16)
-        return (out, [t0, t1, t2, t3]) if return_feat else out
-
-
-class StandInCKT(nn.Module):
-    """The CKT interface: per tap, PFP per teacher + one for the student, IPFP per teacher."""
-
-    def __init__(self, teacher_channels, student_channels, num_teachers) -> None:
-        super().__init__()
-
-        def proj(cin, cout):
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.ReLU(),
-                                 nn.Conv2d(cout, cout, 3, padding=1, bias=False))
-
-        self.pfp_s = nn.ModuleList(proj(s, t // 2) for s, t in zip(student_channels, teacher_channels, strict=True))
-        self.pfp = nn.ModuleList(nn.ModuleList(proj(t, t // 2) for _ in range(num_teachers))
-                                 for t in teacher_channels)
-        self.ipfp = nn.ModuleList(nn.ModuleList(proj(t // 2, t) for _ in range(num_teachers))
-                                  for t in teacher_channels)
-
-    def forward(self, student_taps, teacher_taps):
-        out = []
-        for level, s in enumerate(student_taps):
-            feats = [teacher_taps[k][level] for k in range(len(teacher_taps))]
-            proj = [self.pfp[level][k](f) for k, f in enumerate(feats)]
-            out.append({"student": self.pfp_s[level](s), "teacher": torch.cat(proj),
-                        "recon": torch.cat([self.ipfp[level][k](p) for k, p in enumerate(proj)]),
-                        "feat": torch.cat(feats)})
-        return out
+    return build("student_small", widths=(4, width, width, width), context_channels=4)
 
 
 def make_ckt(teacher_channels, student_channels, num_teachers) -> nn.Module:
-    try:
-        from unweather.models.ckt import CKT
-    except ImportError:
-        CKT = StandInCKT
+    from unweather.models.ckt import CKT
+
     return CKT(teacher_channels, student_channels, num_teachers)
 
 
@@ -189,8 +152,8 @@ def student_setup(meta_dir: Path, mcr: str = "teacher"):
     cfg = tiny_cfg()
     cfg.loss.mcr = mcr
     batches = data.WeatherBatches(train, cfg.data, seed=0, clean_paths=clean)
-    teachers = [(w, TinyNet(4)) for w in WEATHERS]
-    student = TinyNet(2)
+    teachers = [(w, tiny_net(8)) for w in WEATHERS]
+    student = tiny_net(4)
     body = StudentWithCKT(student, make_ckt(list(teachers[0][1].tap_channels), list(student.tap_channels), 3))
     return cfg, batches, teachers, body
 
@@ -235,7 +198,7 @@ def test_ke_stage_trains_the_student_only(meta_dir, mcr):
 
 def test_teacher_and_direct_tasks_give_every_parameter_a_gradient(meta_dir):
     cfg, batches, _, body = student_setup(meta_dir)
-    teacher = TinyNet(4)
+    teacher = tiny_net(8)
     TeacherTask(teacher, cfg.loss)(batches.batch(0).to("cpu"))["pixel"].backward()
     assert all(grads_of(teacher).values())
     terms = DirectTask(body, cfg.loss)(batches.batch(0).to("cpu"))
@@ -264,7 +227,7 @@ def _teacher_trainer(meta_dir: Path, run_dir: Path, steps: int, seed: int = 0) -
     valid = data.ValidSet.build(data.select(data.load_pairs(meta_dir, "valid"), ["rain"], "valid"), cfg.data,
                                 clean=False)
     batches = data.WeatherBatches(train, cfg.data, seed, clean=0)
-    net = TinyNet(4)
+    net = tiny_net(8)
     stage = Stage("teacher", TeacherTask(net, cfg.loss), steps)
     trainer = Trainer(cfg, net, [stage], batches, valid, run_dir, _save_net, {"role": "teacher"},
                       torch.device("cpu"), val_every=2, warmup=1)
