@@ -163,10 +163,12 @@ def evaluate(restore: Callable[[Any], Any], datasets: dict[str, Pairs], device: 
             out = out.detach().float().clamp_(0.0, 1.0).cpu()
             if out.shape != gt_t.shape:
                 raise UnweatherError(f"the model returned {tuple(out.shape)} for an input of {tuple(in_t.shape)}")
-            for prefix, img in (("", out), ("input_", in_t)):
-                for suffix, y in (("rgb", False), ("y", True)):
-                    acc[f"{prefix}psnr_{suffix}"].append(psnr(img, gt_t, y_channel=y))
-                    acc[f"{prefix}ssim_{suffix}"].append(ssim(img, gt_t, y_channel=y))
+            both, refs = torch.cat([out, in_t]), torch.cat([gt_t, gt_t])  # one metric call for both
+            for suffix, y in (("rgb", False), ("y", True)):
+                for metric, fn in (("psnr", psnr), ("ssim", ssim)):
+                    values = fn(both, refs, y_channel=y, reduction="none").tolist()
+                    acc[f"{metric}_{suffix}"].append(values[0])
+                    acc[f"input_{metric}_{suffix}"].append(values[1])
         results[name] = Scores(pairs=len(chosen), seconds=time.perf_counter() - start,
                                **{key: _mean(v) for key, v in acc.items()})
         log.debug("%s: %s", name, results[name])

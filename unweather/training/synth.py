@@ -174,8 +174,8 @@ class HazeParams:
 class HazeRanges:
     """Uniform ranges `random_params` draws `HazeParams` from."""
 
-    beta: tuple[float, float] = (0.5, 2.0)
-    airlight: tuple[float, float] = (0.7, 1.0)
+    beta: tuple[float, float] = (0.3, 1.6)
+    airlight: tuple[float, float] = (0.65, 0.95)
     tint: tuple[float, float] = (-0.06, 0.04)
     horizon: tuple[float, float] = (0.15, 0.65)
     depth_min: tuple[float, float] = (0.1, 0.5)
