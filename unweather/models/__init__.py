@@ -4,6 +4,7 @@ Each model module is imported here by name, which registers its factories.
 """
 
 from unweather.models import identity, msbdn, student  # noqa: F401  (registers models)
+from unweather.models.checkpoint import load_checkpoint, read_metadata, save
 from unweather.models.ckt import CKT
 from unweather.models.flops import count_flops
 from unweather.models.padding import PadCrop, pad_to_multiple
@@ -15,7 +16,10 @@ __all__ = [
     "UnknownModelError",
     "build",
     "count_flops",
+    "load_checkpoint",
     "names",
     "pad_to_multiple",
+    "read_metadata",
     "register_model",
+    "save",
 ]

@@ -293,5 +293,9 @@ class MSBDN(nn.Module):
 
 @register_model
 def msbdn(res_blocks: int = 18) -> nn.Module:
-    """MSBDN-RDFF as released with the paper (`res_blocks` residual blocks in the bottleneck)."""
+    """MSBDN-RDFF, the paper's network: the teachers; loads the released checkpoints.
+
+    Args:
+        res_blocks: residual blocks in the bottleneck (18 in the release).
+    """
     return MSBDN(res_blocks=res_blocks)

@@ -34,6 +34,14 @@ def names() -> list[str]:
     return sorted(_MODELS)
 
 
+def describe(name: str) -> str:
+    """Return the first line of the docstring of model `name`'s factory."""
+    if name not in _MODELS:
+        raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(names())}")
+    doc = (_MODELS[name].__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
 def build(name: str, **options: object) -> nn.Module:
     """Build the registered model `name` with `options`.
 

@@ -1,0 +1,172 @@
+"""Checkpoints: released-style .pth, plain state_dicts, our safetensors, refusal of unsafe pickles."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+
+import pytest
+import torch
+
+from unweather.cli import main
+from unweather.errors import UnweatherError
+from unweather.models import PadCrop, build, load_checkpoint, read_metadata, save
+
+
+@pytest.fixture(scope="module")
+def msbdn_small() -> torch.nn.Module:
+    # Two bottleneck blocks keep the test fast; the key layout is otherwise the release's.
+    return build("msbdn", res_blocks=2).eval()
+
+
+def _run(model: torch.nn.Module, seed: int = 1) -> torch.Tensor:
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return model(x)
+
+
+def _release_style(model: torch.nn.Module) -> dict[str, object]:
+    state = collections.OrderedDict((f"module.{k}", v.clone()) for k, v in model.state_dict().items())
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))])
+    return {"epoch": 125, "state_dict": state, "optimizer": optimizer.state_dict()}
+
+
+def test_release_checkpoint_loads_and_computes_the_same(msbdn_small, tmp_path):
+    path = tmp_path / "release.pth"
+    torch.save(_release_style(msbdn_small), path)
+    loaded = load_checkpoint(path)
+    assert loaded.arch == "msbdn" and loaded.arch_options == {"res_blocks": 2}
+    assert not loaded.training
+    torch.testing.assert_close(_run(loaded), _run(msbdn_small))
+
+
+def test_plain_state_dict_with_compile_prefix_loads(msbdn_small, tmp_path):
+    path = tmp_path / "plain.pt"
+    torch.save({f"_orig_mod.{k}": v for k, v in msbdn_small.state_dict().items()}, path)
+    torch.testing.assert_close(_run(load_checkpoint(path)), _run(msbdn_small))
+
+
+def test_full_release_key_list_is_recognised_as_msbdn_18(tmp_path):
+    with torch.device("meta"):
+        keys = build("msbdn").state_dict()
+    # Zero-filled tensors of the release's shapes (only key recognition is tested here).
+    state = {f"module.{k}": torch.zeros(v.shape) for k, v in keys.items()}
+    path = tmp_path / "full.pth"
+    torch.save({"epoch": 1, "state_dict": state}, path)
+    model = load_checkpoint(path)
+    assert model.arch_options == {"res_blocks": 18}
+    assert sum(p.numel() for p in model.parameters()) == 28_712_861
+
+
+def test_pickled_custom_object_is_refused_unless_trusted(msbdn_small, tmp_path):
+    path = tmp_path / "with_args.pth"
+    checkpoint = _release_style(msbdn_small)
+    checkpoint["args"] = argparse.Namespace(lr=2e-4)
+    torch.save(checkpoint, path)
+    with pytest.raises(UnweatherError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "trusted=True" in message and "--trust-checkpoint" in message and "runs code" in message
+    assert "argparse.Namespace" in message
+    torch.testing.assert_close(_run(load_checkpoint(path, trusted=True)), _run(msbdn_small))
+
+
+def test_missing_and_unexpected_keys_are_named(msbdn_small, tmp_path):
+    state = dict(msbdn_small.state_dict())
+    del state["conv_output.conv2d.bias"]
+    state["extra.weight"] = torch.zeros(1)
+    path = tmp_path / "broken.pth"
+    torch.save({"state_dict": state}, path)
+    with pytest.raises(UnweatherError, match="conv_output.conv2d.bias") as info:
+        load_checkpoint(path, arch="msbdn", res_blocks=2)
+    assert "extra.weight" in str(info.value)
+    assert "missing" in str(info.value) and "unexpected" in str(info.value)
+
+
+def test_shape_mismatch_is_named(tmp_path):
+    model = build("student_small")
+    state = dict(model.state_dict())
+    state["head.bias"] = torch.zeros(5)
+    path = tmp_path / "shape.pt"
+    torch.save(state, path)
+    with pytest.raises(UnweatherError, match=r"head.bias \(5,\) instead of \(12,\)"):
+        load_checkpoint(path, arch="student_small")
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not a checkpoint\n", b"PK\x03\x04garbage" * 10])
+def test_non_checkpoint_files_give_one_clear_error(tmp_path, content):
+    path = tmp_path / "bad.pth"
+    path.write_bytes(content)
+    with pytest.raises(UnweatherError, match="not a PyTorch checkpoint"):
+        load_checkpoint(path)
+
+
+def test_missing_file_and_unknown_arch(tmp_path):
+    with pytest.raises(UnweatherError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pth")
+    path = tmp_path / "other.pt"
+    torch.save({"layer.weight": torch.zeros(3)}, path)
+    with pytest.raises(UnweatherError, match="arch="):
+        load_checkpoint(path)
+    with pytest.raises(UnweatherError, match="known models: identity"):
+        load_checkpoint(path, arch="nonexistent")
+
+
+@pytest.mark.parametrize("name", ["student_small", "student_base"])
+def test_safetensors_round_trip_keeps_arch_options_and_outputs(tmp_path, name):
+    model = build(name, bottleneck_depth=1).eval()
+    path = tmp_path / "net.safetensors"
+    save(PadCrop(model), path, metadata={"data": "synthetic", "run": "test"})
+    meta = read_metadata(path)
+    assert meta["arch"] == name and meta["data"] == "synthetic" and meta["format"] == "unweather"
+    loaded = load_checkpoint(path)
+    assert loaded.arch_options == {"bottleneck_depth": 1}
+    torch.testing.assert_close(_run(loaded), _run(model))
+    assert [p for p in tmp_path.iterdir()] == [path]  # no temporary file left behind
+
+
+def test_half_precision_file_loads_as_float32(tmp_path):
+    model = build("student_small").eval()
+    path = tmp_path / "half.safetensors"
+    save(model, path, dtype=torch.float16)
+    loaded = load_checkpoint(path)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    torch.testing.assert_close(_run(loaded), _run(model), atol=2e-3, rtol=1e-2)
+
+
+def test_save_refuses_reserved_metadata_and_unregistered_networks(tmp_path):
+    with pytest.raises(ValueError, match="reserved"):
+        save(build("student_small"), tmp_path / "a.safetensors", metadata={"arch": "x"})
+    with pytest.raises(UnweatherError, match="registered architecture"):
+        save(torch.nn.Conv2d(3, 3, 1), tmp_path / "b.safetensors")
+    with pytest.raises(UnweatherError, match="not a safetensors"):
+        (tmp_path / "c.txt").write_text("text")
+        read_metadata(tmp_path / "c.txt")
+
+
+def test_convert_command_round_trip(msbdn_small, tmp_path, capsys):
+    source = tmp_path / "release.pth"
+    checkpoint = _release_style(msbdn_small)
+    checkpoint["args"] = argparse.Namespace(lr=2e-4)
+    torch.save(checkpoint, source)
+    out = tmp_path / "msbdn.safetensors"
+
+    assert main(["convert", str(source), "-o", str(out)]) == 1
+    assert "--trust-checkpoint" in capsys.readouterr().err
+    assert not out.exists()
+
+    assert main(["convert", str(source), "-o", str(out), "--trust-checkpoint", "--metadata", "data=x"]) == 0
+    assert "msbdn" in capsys.readouterr().out
+    meta = read_metadata(out)
+    assert meta["arch"] == "msbdn" and meta["options"] == '{"res_blocks": 2}'
+    assert meta["source"] == "release.pth" and meta["data"] == "x"
+    torch.testing.assert_close(_run(load_checkpoint(out)), _run(msbdn_small))
+
+
+def test_models_command_lists_every_network(capsys):
+    assert main(["models", "--size", "64x64"]) == 0
+    out = capsys.readouterr().out
+    for name in ("identity", "msbdn", "student_small", "student_base"):
+        assert name in out
+    assert "28,712,861" in out and "64/128/256/256" in out
+    assert main(["models", "--size", "sixty"]) == 1
