@@ -14,20 +14,18 @@ import time
 import av
 import numpy as np
 import pytest
+from test_cluster import make_clip, probe
 
-pytestmark = pytest.mark.ray
+from unweather.cluster.chunks import is_temp
+from unweather.cluster.ray_archive import ArchiveOptions, run_on_ray
+from unweather.errors import UnweatherError
 
 try:
     import ray
 except ImportError:  # the [ray] extra is optional
     ray = None
 
-from test_cluster import make_clip, probe  # noqa: E402
-
-from unweather.cluster.chunks import is_temp  # noqa: E402
-from unweather.cluster.ray_archive import ArchiveOptions, run_on_ray  # noqa: E402
-from unweather.cluster.ray_connect import connect  # noqa: E402
-from unweather.errors import UnweatherError  # noqa: E402
+pytestmark = pytest.mark.ray
 
 
 @dataclasses.dataclass
@@ -121,7 +119,7 @@ def test_six_files_with_a_worker_killed(cluster, six, tmp_path):
     assert set(handled) == {f"cam{i}" for i in range(6)}
     assert killed[0] not in {c["pid"] for c in stats["chunks"]}  # its chunk was redone elsewhere
     assert all(c["node"] and c["worker"] for c in stats["chunks"])
-    assert json.load(open(tmp_path / "stats.json"))["totals"]["done"] == 6
+    assert json.loads((tmp_path / "stats.json").read_text())["totals"]["done"] == 6
     for src in six:
         single = str(tmp_path / ("single-" + os.path.basename(src)))
         transcode(src, single, FakeConfig(), engine=_engine())
