@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "unweather.models.cli",
     "unweather.engine.cli",
     "unweather.training.cli",
+    "unweather.training.train_cli",
     "unweather.bench.cli",
 )
 

@@ -208,7 +208,7 @@ class Trainer:
             blob["scaler"] = self.scaler.state_dict()
         _save_atomic(lambda p: torch.save(blob, p), state)
         meta = {"step": self.step, "total": self.total, "best": self.best, "last_val": self.last_val,
-                "stages": [[s.name, s.steps] for s in self.stages]}
+                "stages": [[s.name, s.steps] for s in self.stages], "weathers": self.metadata.get("weathers")}
         _save_atomic(lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"), info)
 
     def load_last(self) -> bool:
@@ -222,6 +222,9 @@ class Trainer:
         if [list(s) for s in meta.get("stages", [])] != [[s.name, s.steps] for s in self.stages]:
             raise UnweatherError(f"cannot resume from {self.run_dir}: its stages {meta.get('stages')} differ "
                                  f"from this run's {[[s.name, s.steps] for s in self.stages]}")
+        if meta.get("weathers") != self.metadata.get("weathers"):
+            raise UnweatherError(f"cannot resume from {self.run_dir}: it was trained on weathers {meta.get('weathers')}"
+                                 f" in that order, not {self.metadata.get('weathers')}")
         missing, unexpected = self.trainable.load_state_dict(load_file(str(weights)), strict=False)
         if missing or unexpected:
             raise UnweatherError(f"cannot resume from {weights}: missing {missing[:3]}, unexpected {unexpected[:3]}")

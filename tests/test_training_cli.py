@@ -1,0 +1,143 @@
+"""The whole chain through the command line: synth, three teachers, the two-stage student, eval."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unweather.cli import main
+
+WEATHERS = ("rain", "snow", "haze")
+# A network small enough that the chain runs in seconds; the student is smaller than its teachers.
+TEACHER = ["--set", "model.options={widths: [4, 8, 8, 8], context_channels: 4}"]
+STUDENT = ["--set", "model.options={widths: [4, 4, 8, 8], context_channels: 4}"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors gain nothing from threads, and on a busy machine spinning threads cost a lot.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory) -> dict[str, Path]:
+    """synth -> three teachers -> student (KC then KE), all with `--preset tiny`."""
+    import cv2
+
+    root = tmp_path_factory.mktemp("chain")
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:72, 0:88]
+    photos = root / "photos"
+    photos.mkdir()
+    for i in range(3):
+        image = np.stack([(xx * (i + 2)) % 255, (yy * 2 + 50 * i) % 255, (xx + 2 * yy) % 255], -1)
+        image = (image + rng.integers(0, 16, image.shape)).clip(0, 255).astype(np.uint8)
+        cv2.imwrite(str(photos / f"photo{i}.png"), image)
+    data = root / "data"
+    assert main(["synth", str(photos), "-o", str(data), "--crops", "2", "--size", "32",
+                 "--valid-fraction", "0.34", "--clean-pairs", "1"]) == 0
+    out = {"root": root, "data": data}
+    for weather in WEATHERS:
+        out[weather] = root / f"teacher_{weather}.safetensors"
+        assert main(["train", "teacher", "--weather", weather, "--meta-dir", str(data), "-o", str(out[weather]),
+                     "--preset", "tiny", "--model", "student_small", *TEACHER,
+                     "--run-dir", str(root / "runs" / weather)]) == 0
+    out["student"] = root / "student.safetensors"
+    # Bare paths: paired by the weather each teacher's metadata records, in command-line order.
+    assert main(["train", "student", "--teachers", str(out["snow"]), str(out["haze"]), str(out["rain"]),
+                 "--meta-dir", str(data), "-o", str(out["student"]), "--preset", "tiny",
+                 "--model", "student_small", *STUDENT, "--run-dir", str(root / "runs" / "student")]) == 0
+    return out
+
+
+def test_teachers_record_their_weather_and_run(chain):
+    from unweather.models import load_checkpoint, read_metadata
+
+    for weather in WEATHERS:
+        meta = read_metadata(chain[weather])
+        assert meta["role"] == "teacher" and json.loads(meta["weathers"]) == [weather]
+        assert json.loads(meta["run_config"])["preset"] == "tiny"
+        assert "val_psnr" in meta and meta["stage"] == "teacher"
+        net = load_checkpoint(chain[weather])
+        assert net.tap_channels == (8, 8, 8, 8)
+        run = chain["root"] / "runs" / weather
+        assert (run / "config.yaml").is_file() and (run / "config.json").is_file()
+        assert (run / "metrics.jsonl").read_text().count("\n") >= 2
+
+
+def test_student_went_through_both_stages(chain):
+    from unweather.models import load_checkpoint, read_metadata
+
+    meta = read_metadata(chain["student"])
+    assert meta["role"] == "student" and meta["training"] == "kc+ke"
+    assert json.loads(meta["weathers"]) == ["snow", "haze", "rain"]
+    run = chain["root"] / "runs" / "student"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = {k for r in records if r.get("stage") == "kc" for k in r}
+    assert {"loss/pixel", "loss/pfe", "loss/pfv", "loss/scr"} <= losses
+    assert {"loss/pixel", "loss/hcr"} <= {k for r in records if r.get("stage") == "ke" for k in r}
+    assert any("val/psnr/clean" in r for r in records)
+    assert max(r["step"] for r in records) == 6
+    ckt = chain["root"] / "student.ckt.safetensors"
+    assert ckt.is_file()
+    from safetensors import safe_open
+
+    with safe_open(str(ckt), "pt") as f:
+        assert f.metadata()["role"] == "ckt" and any("student_projector" in k for k in f.keys())  # noqa: SIM118
+    student = load_checkpoint(chain["student"])
+    x = torch.rand(1, 3, 48, 40)
+    assert student(torch.nn.functional.pad(x, (0, 8, 0, 0)))[..., :40].shape == x.shape
+
+
+def test_eval_scores_the_student(chain):
+    from unweather.models import PadCrop, load_checkpoint
+    from unweather.training.evaluate import evaluate, load_meta
+
+    student = PadCrop(load_checkpoint(chain["student"]))
+    scores = evaluate(student, load_meta(chain["data"], "valid"))
+    assert set(WEATHERS) <= set(scores)
+    for weather in WEATHERS:
+        assert np.isfinite(scores[weather].psnr_rgb) and np.isfinite(scores[weather].psnr_y)
+
+
+def test_resume_and_errors(chain, tmp_path, capsys):
+    data, root = chain["data"], chain["root"]
+    out = tmp_path / "again.safetensors"
+    teachers = [f"{w}={chain[w]}" for w in WEATHERS]
+    common = ["--meta-dir", str(data), "-o", str(out), "--preset", "tiny", "--model", "student_small", *STUDENT]
+    # A teacher paired with another weather's data set is refused.
+    swapped = [f"rain={chain['snow']}", f"snow={chain['rain']}", f"haze={chain['haze']}"]
+    assert main(["train", "student", "--teachers", *swapped, *common]) == 1
+    assert "trained on snow" in capsys.readouterr().err
+    assert main(["train", "student", "--teachers", *teachers[:2], *common]) == 1
+    assert "has no teacher" in capsys.readouterr().err
+    assert main(["train", "student", "--teachers", *teachers, "--mcr", "vgg19", *common]) == 1
+    assert "vgg19" in capsys.readouterr().err
+    # An existing run is not overwritten without --resume; --resume on a finished run just exports.
+    run = ["--run-dir", str(root / "runs" / "student")]
+    assert main(["train", "student", "--teachers", *teachers, *common, *run]) == 1
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", "student", "--teachers", *teachers, *common, *run, "--resume"]) == 1
+    assert "in that order" in capsys.readouterr().err
+    same_order = [str(chain[w]) for w in ("snow", "haze", "rain")]
+    assert main(["train", "student", "--teachers", *same_order, *common, *run, "--resume"]) == 0
+    assert out.is_file()
+
+
+def test_direct_baseline(chain, tmp_path):
+    from unweather.models import read_metadata
+
+    out = tmp_path / "direct.safetensors"
+    assert main(["train", "student", "--direct", "--meta-dir", str(chain["data"]), "-o", str(out),
+                 "--preset", "tiny", "--model", "student_small", *STUDENT,
+                 "--run-dir", str(tmp_path / "run")]) == 0
+    meta = read_metadata(out)
+    assert meta["training"] == "direct" and sorted(json.loads(meta["weathers"])) == sorted(WEATHERS)
+    assert not (tmp_path / "direct.ckt.safetensors").exists()
