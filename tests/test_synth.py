@@ -173,6 +173,10 @@ def test_cli_synth_takes_folders_and_reports_bad_input(tmp_path, capsys):
                  "--crops", "1", "--size", "24", "--valid-fraction", "0.3"]) == 0
     assert (tmp_path / "out" / "valid" / "haze_meta_valid.json").is_file()
     assert not (tmp_path / "out" / "train" / "rain_meta_train.json").exists()
+    assert main(["synth", str(tmp_path / "photos"), "-o", str(tmp_path / "all"), "--weather", "rain",
+                 "--crops", "1", "--size", "24", "--valid-fraction", "0"]) == 0
+    assert (tmp_path / "all" / "train" / "rain_meta_train.json").is_file()
+    assert not (tmp_path / "all" / "valid").exists()  # no empty validation set
     capsys.readouterr()
     assert main(["synth", str(tmp_path / "nowhere"), "-o", str(tmp_path / "out2")]) == 1
     err = capsys.readouterr().err.strip()

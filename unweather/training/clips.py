@@ -8,7 +8,9 @@ with the clean clip's own.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import math
 from collections.abc import Sequence
 
 import cv2
@@ -90,6 +92,9 @@ def weather_clip(image: np.ndarray, weather: str, frames: int, rng: np.random.Ge
         hazy = synth.add_haze(base, rng, p)
         return clean, [_crop(hazy, m, h, w) for m in transforms]
     if weather == "rain":
+        # a streak is the drop's path while the shutter is open: wind tilts it as it moves it
+        p = dataclasses.replace(p, angle=p.angle + math.degrees(math.atan(wind)))
+        wind = 0.0
         field = synth.rain_field(h, w, p, rng)
         veil_amount, veil_color = p.veil, p.veil_color
     else:

@@ -722,7 +722,7 @@ def synthesize(photos: Sequence[str | Path], out_dir: str | Path, weathers: Sequ
     train, valid = split_photos(names, valid_fraction, seed)
     out = Path(out_dir)
     datasets = [*cfg.weathers, *(["clean"] if clean_pairs else [])]
-    splits = {"train": train, "valid": valid}
+    splits = {split: group for split, group in (("train", train), ("valid", valid)) if group}
     for split in splits:
         for d in datasets:
             for sub in ("gt", "input") if d != "clean" else ("gt",):
