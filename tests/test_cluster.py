@@ -222,3 +222,21 @@ def test_single_machine_path_never_imports_ray():
             "unweather.cluster.planner, unweather.cluster.chunks, unweather.cluster.sources; "
             "assert 'ray' not in sys.modules, 'ray was imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_resolve_inputs_mixes_sources_files_folders_and_urls(tmp_path):
+    from unweather.cluster.ray_run import resolve_inputs
+
+    (tmp_path / "v.mp4").write_bytes(b"")
+    (tmp_path / "cams.toml").write_text('[[sources]]\nname = "gate"\nurl = "rtsp://10.0.0.5/s1"\n')
+    sources = resolve_inputs([str(tmp_path / "cams.toml"), str(tmp_path / "v.mp4")])
+    assert [(s.name, s.is_url) for s in sources] == [("gate", True), ("v", False)]
+
+
+def test_pool_shape_asks_for_gpu_shares_and_no_cpu():
+    from unweather.cluster.ray_archive import ArchiveOptions, _pool_shape
+
+    assert _pool_shape(ArchiveOptions(), {"CPU": 16, "GPU": 2}, 100) == (2, 1.0, 0.0)
+    assert _pool_shape(ArchiveOptions(gpus_per_actor=0.5), {"CPU": 16, "GPU": 2}, 100) == (4, 0.5, 0.0)
+    assert _pool_shape(ArchiveOptions(gpus_per_actor=0.5), {"CPU": 16, "GPU": 2}, 3) == (3, 0.5, 0.0)
+    assert _pool_shape(ArchiveOptions(), {"CPU": 8}, 100) == (4, 0.0, 1.0)

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from test_cluster import make_clip, probe
 
+from unweather.cluster import run_on_ray
 from unweather.cluster.chunks import is_temp
-from unweather.cluster.ray_archive import ArchiveOptions, run_on_ray
+from unweather.cluster.ray_archive import ArchiveOptions
 from unweather.errors import UnweatherError
 
 try:
@@ -87,7 +88,7 @@ def cluster():
 def six(tmp_path_factory) -> list[str]:
     folder = tmp_path_factory.mktemp("six")
     # The first is longer, so a worker is surely caught in the middle of one.
-    return [make_clip(str(folder / f"cam{i}.mp4"), seconds=4.0 if i == 0 else 1.0, size=(96, 64), audio=i % 2 == 0)
+    return [make_clip(str(folder / f"cam{i}.mp4"), seconds=3.0 if i == 0 else 1.0, size=(96, 64), audio=i % 2 == 0)
             for i in range(6)]
 
 

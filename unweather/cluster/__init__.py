@@ -9,8 +9,8 @@ from typing import Any
 
 
 def run_on_ray(*args: Any, **kwargs: Any) -> dict:
-    """Restore files on a Ray cluster; see `unweather.cluster.ray_archive.run_on_ray`."""
-    from unweather.cluster.ray_archive import run_on_ray as _run_on_ray
+    """Restore files and run cameras on a Ray cluster; see `unweather.cluster.ray_run.run_on_ray`."""
+    from unweather.cluster.ray_run import run_on_ray as _run_on_ray
 
     return _run_on_ray(*args, **kwargs)
 

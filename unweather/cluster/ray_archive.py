@@ -26,7 +26,7 @@ from typing import Any
 
 from unweather.cluster.chunks import count_video_packets, cut, join, publish, remove_temps, temp_path
 from unweather.cluster.planner import Chunk, InputPlan, plan_input
-from unweather.cluster.ray_connect import connect, require_ray
+from unweather.cluster.ray_connect import require_ray
 from unweather.cluster.sources import Source, apply_options
 from unweather.errors import UnweatherError
 from unweather.redact import redact
@@ -414,44 +414,3 @@ def _execute(ray, rows: list[dict], config: Any, runner: Runner | None, options:
         close = getattr(iterator, "close", None)
         if close is not None:
             close()
-
-
-def run_on_ray(inputs: Sequence[str | Source], output_dir: str, config: Any = None, address: str | None = None,
-               chunk_seconds: float | None = None, resume: bool = False, max_failed: int | None = None,
-               *, options: ArchiveOptions | None = None, runner: Runner | None = None,
-               stats_path: str | None = None, num_cpus: int | None = None,
-               num_gpus: int | None = None) -> dict:
-    """Join (or start) a Ray cluster, restore the inputs into `output_dir`, leave the cluster as found.
-
-    Args:
-        inputs: files, folders of videos, or `Source`s (from a sources file).
-        output_dir: folder for the outputs.
-        config: the `RunConfig` for every input.
-        address: the cluster ("host:port", "ray://..."); None joins the one found or starts a local one.
-        chunk_seconds, resume, max_failed: see `ArchiveOptions` (these override `options`).
-        options: the remaining archive options.
-        runner: the pipeline per chunk (default `unweather.stream.run`).
-        stats_path: also write the stats JSON there (temporary name, then rename).
-        num_cpus, num_gpus: resources of a local cluster, when one is started.
-
-    Returns:
-        The stats dict of `run_archive`.
-    """
-    from unweather.cluster.sources import expand_inputs
-
-    sources = [s for s in inputs if isinstance(s, Source)]
-    sources += expand_inputs([s for s in inputs if not isinstance(s, Source)])
-    options = dataclasses.replace(options or ArchiveOptions(), chunk_seconds=chunk_seconds, resume=resume,
-                                  max_failed=max_failed)
-    started = connect(address, num_cpus=num_cpus, num_gpus=num_gpus)
-    try:
-        stats = run_archive(sources, output_dir, config, options, runner)
-    finally:
-        if started:
-            require_ray().shutdown()
-    if stats_path:
-        tmp = temp_path(stats_path)
-        with open(tmp, "w") as f:
-            json.dump(stats, f, indent=2)
-        publish(tmp, stats_path)
-    return stats

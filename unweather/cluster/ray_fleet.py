@@ -26,7 +26,7 @@ from typing import Any
 
 from unweather.cluster.chunks import count_video_packets
 from unweather.cluster.ray_archive import Runner, default_runner, open_engine
-from unweather.cluster.ray_connect import connect, require_ray
+from unweather.cluster.ray_connect import require_ray
 from unweather.cluster.sources import Source, apply_options
 from unweather.engine.base import Engine
 from unweather.errors import UnweatherError
@@ -317,34 +317,49 @@ class Fleet:
         self.actors.clear()
         return final
 
-    def run(self, duration: float | None = None, stop_event: threading.Event | None = None) -> dict:
-        """Start the fleet, log each camera every `report_seconds` until stopped, then stop it."""
+    def supervise(self, duration: float | None = None, stop_event: threading.Event | None = None,
+                  status_path: str | None = None) -> None:
+        """Log each camera's state, FPS, drops and restarts every `report_seconds` until stopped.
+
+        Also writes them to `status_path` (JSON, replaced atomically) when given. Ctrl-C stops.
+        """
         stop_event = stop_event or threading.Event()
-        self.start()
         began = time.monotonic()
         try:
             while not stop_event.is_set():
-                for name, s in sorted(self.poll().items()):
+                report = self.poll()
+                for name, s in sorted(report.items()):
                     log.info("%-20s %-12s fps %6.1f frames %8d drops %5d restarts %3d %s", name, s["state"],
                              s.get("fps", 0.0), s.get("frames", 0), s.get("dropped", 0), s["restarts"],
                              s.get("error", ""))
+                if status_path:
+                    _write_json(status_path, {"time": time.time(), "cameras": report})
                 left = None if duration is None else duration - (time.monotonic() - began)
                 if left is not None and left <= 0:
                     break
                 stop_event.wait(self.options.report_seconds if left is None
                                 else min(left, self.options.report_seconds))
+        except KeyboardInterrupt:
+            log.info("stopping the cameras")
+
+    def run(self, duration: float | None = None, stop_event: threading.Event | None = None,
+            status_path: str | None = None) -> dict:
+        """Start the fleet, supervise it until `duration` or `stop_event`, then stop it."""
+        began = time.monotonic()
+        self.start()
+        try:
+            self.supervise(duration, stop_event, status_path)
         finally:
             final = self.stop()
         return {"cameras": final, "seconds": time.monotonic() - began}
 
 
-def run_fleet(sources: list[Source], output_dir: str, config: Any = None, address: str | None = None,
-              options: FleetOptions | None = None, runner: Runner | None = None, duration: float | None = None,
-              stop_event: threading.Event | None = None) -> dict:
-    """Join (or start) a cluster, run the cameras until `duration` or `stop_event`, leave it as found."""
-    started = connect(address)
-    try:
-        return Fleet(sources, output_dir, config, options, runner).run(duration, stop_event)
-    finally:
-        if started:
-            require_ray().shutdown()
+def _write_json(path: str, data: dict) -> None:
+    import json
+
+    from unweather.cluster.chunks import publish, temp_path
+
+    tmp = temp_path(path)
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, default=str)
+    publish(tmp, path)
