@@ -186,6 +186,20 @@ def test_max_failed_stops_the_rest(cluster, tmp_path):
     assert totals["failed"] + totals["not_run"] == 4
 
 
+@dataclasses.dataclass
+class UnknownModelConfig:
+    model: str = "no-such-model"
+
+
+def test_an_engine_that_cannot_be_built_fails_each_input_with_the_reason(cluster, tmp_path):
+    clip = make_clip(str(tmp_path / "a.mp4"), seconds=0.5, audio=False)
+    stats = run_on_ray([clip], str(tmp_path / "out"), UnknownModelConfig(),
+                       options=ArchiveOptions(progress=False), runner=transcode)
+    (entry,) = stats["inputs"]
+    assert entry["status"] == "failed" and "cannot build the engine" in entry["error"]
+    assert "no-such-model" in entry["error"]
+
+
 def test_no_capacity_fails_within_the_timeout(cluster, tmp_path):
     clip = make_clip(str(tmp_path / "a.mp4"), seconds=0.5, audio=False)
     began = time.monotonic()

@@ -117,14 +117,17 @@ def read_video_packets(path: str) -> tuple[Fraction, list[int], list[bool], list
         pts: list[int] = []
         keys: list[bool] = []
         durations: list[int] = []
-        for packet in container.demux(stream):
-            if packet.size == 0:
-                continue  # the demuxer's end-of-stream flush packet
-            if packet.pts is None:
-                raise UnweatherError(f"{path} has video packets without timestamps; remux it first")
-            pts.append(int(packet.pts))
-            keys.append(bool(packet.is_keyframe))
-            durations.append(int(packet.duration or 0))
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue  # the demuxer's end-of-stream flush packet
+                if packet.pts is None:
+                    raise UnweatherError(f"{path} has video packets without timestamps; remux it first")
+                pts.append(int(packet.pts))
+                keys.append(bool(packet.is_keyframe))
+                durations.append(int(packet.duration or 0))
+        except av.FFmpegError as exc:
+            raise UnweatherError(f"cannot read {path}: {exc}") from exc
         if not pts:
             raise UnweatherError(f"{path} has no video frames")
         return Fraction(stream.time_base), pts, keys, durations, has_audio

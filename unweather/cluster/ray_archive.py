@@ -131,7 +131,12 @@ class ChunkRestorer:
         self.runner = runner or default_runner()
         self.retries = retries
         self.chunk_timeout = chunk_timeout
-        self.engine = open_engine(config)
+        self.engine = None
+        self.engine_error = ""
+        try:
+            self.engine = open_engine(config)
+        except Exception as exc:  # noqa: BLE001 - reported per chunk: a dead actor would be retried forever
+            self.engine_error = f"cannot build the engine: {type(exc).__name__}: {redact(str(exc))}"
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         n = len(next(iter(batch.values())))
@@ -147,8 +152,10 @@ class ChunkRestorer:
         began = time.monotonic()
         error = ""
         attempts = 0
+        if self.engine_error:
+            error = self.engine_error
         # A retry after this worker was killed past the rename finds the chunk done.
-        if not (os.path.exists(final) and count_video_packets(final) == chunk.frames):
+        elif not _complete(final, chunk.frames):
             for attempts in range(1, self.retries + 2):
                 error = self._attempt(chunk, final)
                 if not error:
@@ -188,6 +195,13 @@ class ChunkRestorer:
             for path in (tmp, cut_path):
                 if path and os.path.exists(path):
                     os.remove(path)
+
+
+def _complete(path: str, frames: int) -> bool:
+    try:
+        return os.path.exists(path) and count_video_packets(path) == frames
+    except Exception:  # noqa: BLE001 - an unreadable chunk is redone
+        return False
 
 
 @dataclasses.dataclass
@@ -364,9 +378,11 @@ def _prepare(source: Source, output_dir: str, work_root: str, config: Any, optio
 
 
 def _finish(job: _Job, options: ArchiveOptions) -> None:
+    import av
+
     try:
         result = join(job.plan, job.chunk_paths, job.output)
-    except UnweatherError as exc:
+    except (UnweatherError, av.FFmpegError, OSError) as exc:
         job.status, job.error = "failed", redact(str(exc))
         log.error("%s failed: %s", job.source.name, job.error)
         return
@@ -409,6 +425,9 @@ def _execute(ray, rows: list[dict], config: Any, runner: Runner | None, options:
     except ray.exceptions.GetTimeoutError as exc:
         raise UnweatherError(f"the Ray cluster has no room for {actors} restorer actor(s) "
                              f"({gpus:g} GPU, {cpus:g} CPU each) within {options.start_timeout:g} s") from exc
+    except ray.exceptions.RayError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UnweatherError(f"the Ray job failed: {redact(first)}") from exc
     finally:
         # Closing the generator shuts the streaming execution down when we stop early.
         close = getattr(iterator, "close", None)
