@@ -196,6 +196,19 @@ def test_ke_stage_trains_the_student_only(meta_dir, mcr):
     assert all(p.grad is None for _, t in teachers for p in t.parameters())
 
 
+def test_mcr_every_k_steps_keeps_the_expected_weight(meta_dir):
+    cfg, batches, teachers, body = student_setup(meta_dir)
+    batch = batches.batch(0).to("cpu")
+    every_step = KCTask(body, teachers, cfg.loss)(batch, step=5)["scr"]
+    cfg.loss.mcr_every = 3
+    task = KCTask(body, teachers, cfg.loss)
+    torch.testing.assert_close(task(batch, step=6)["scr"], 3 * every_step)
+    assert task(batch, step=7)["scr"].item() == 0.0
+    cfg.loss.mcr_every = 2
+    ke = KETask(body, teachers, cfg.loss)
+    assert ke(batch, step=1)["hcr"].item() == 0.0 and ke(batch, step=2)["hcr"].item() > 0
+
+
 def test_teacher_and_direct_tasks_give_every_parameter_a_gradient(meta_dir):
     cfg, batches, _, body = student_setup(meta_dir)
     teacher = tiny_net(8)
@@ -243,11 +256,11 @@ def test_resume_continues_from_the_saved_step(meta_dir, tmp_path):
     task = first.stages[0].task
     original = task.forward
 
-    def stop_after_three(batch):
+    def stop_after_three(batch, step=0):
         calls["n"] += 1
         if calls["n"] == 3:
             first.request_stop()  # what SIGINT does
-        return original(batch)
+        return original(batch, step=step)
 
     task.forward = stop_after_three
     result = first.fit()

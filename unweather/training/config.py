@@ -81,6 +81,8 @@ class LossConfig:
     scr: float = 0.1
     hcr: float = 0.2
     mcr: str = "teacher"
+    # Compute SCR/HCR on one step in this many, with that many times the weight (1: every step).
+    mcr_every: int = 1
     scr_positive: str = "teacher"
     # "input": each weather's pixel loss is divided by its batch's input error (haze's is ~10x rain's).
     pixel_balance: str = "none"

@@ -69,7 +69,7 @@ class Task(nn.Module):
             return losses.balanced_l1(output, target, batch.inputs, batch.groups, reference=batch.targets)
         return losses.l1(output, target)
 
-    def forward(self, batch: FloatBatch) -> dict[str, torch.Tensor]:
+    def forward(self, batch: FloatBatch, step: int = 0) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
 
@@ -90,7 +90,7 @@ class TeacherTask(Task):
     def net(self) -> nn.Module:
         return self.teacher
 
-    def forward(self, batch: FloatBatch) -> dict[str, torch.Tensor]:
+    def forward(self, batch: FloatBatch, step: int = 0) -> dict[str, torch.Tensor]:
         return {"pixel": self.loss.pixel * self.pixel(self.teacher(batch.inputs), batch.targets, batch)}
 
 
@@ -111,7 +111,7 @@ class DirectTask(Task):
     def net(self) -> nn.Module:
         return self.body.student
 
-    def forward(self, batch: FloatBatch) -> dict[str, torch.Tensor]:
+    def forward(self, batch: FloatBatch, step: int = 0) -> dict[str, torch.Tensor]:
         out = self.body.student(batch.inputs)
         return {"pixel": self.loss.pixel * self.pixel(out, batch.targets, batch)}
 
@@ -161,6 +161,17 @@ class _StudentStage(Task):
     def _weights(self) -> tuple[float, ...]:
         return losses.VGG_WEIGHTS if self.loss.mcr == "vgg19" else losses.TAP_WEIGHTS
 
+    def _mcr_scale(self, weight: float, step: int) -> float:
+        """The contrastive term's weight at `step`: 0 when off, `weight * k` on every k-th step.
+
+        With `loss.mcr_every = k > 1` the term is computed on one step in k with k times its weight:
+        the same expected gradient at a fraction of its cost (it dominates a CPU step).
+        """
+        if self.loss.mcr == "none" or not weight:
+            return 0.0
+        every = max(1, int(self.loss.mcr_every))
+        return weight * every if step % every == 0 else 0.0
+
 
 class KCTask(_StudentStage):
     """Stage 1, knowledge collation: T-pixel + PFE + PFV + SCR (weights from `LossConfig`).
@@ -171,7 +182,7 @@ class KCTask(_StudentStage):
 
     name = "kc"
 
-    def forward(self, batch: FloatBatch) -> dict[str, torch.Tensor]:
+    def forward(self, batch: FloatBatch, step: int = 0) -> dict[str, torch.Tensor]:
         groups = self._check_groups(batch)
         stop = batch.weather_stop
         teacher_out, teacher_taps = [], []
@@ -190,10 +201,12 @@ class KCTask(_StudentStage):
         result["pfe"] = self.loss.pfe * pfe
         result["pfv"] = self.loss.pfv * pfv
 
-        if self.loss.mcr != "none" and self.loss.scr:
+        scale = self._mcr_scale(self.loss.scr, step)
+        if scale:
             positive = target[:stop] if self.loss.scr_positive == "teacher" else batch.targets[:stop]
-            result["scr"] = self.loss.scr * self._scr(out[:stop], positive, batch.inputs[:stop], groups,
-                                                      teacher_taps)
+            result["scr"] = scale * self._scr(out[:stop], positive, batch.inputs[:stop], groups, teacher_taps)
+        elif self.loss.mcr != "none" and self.loss.scr:
+            result["scr"] = out.new_zeros(())
         return result
 
     def _scr(self, anchor: torch.Tensor, positive: torch.Tensor, degraded: torch.Tensor,
@@ -220,14 +233,16 @@ class KETask(_StudentStage):
 
     name = "ke"
 
-    def forward(self, batch: FloatBatch) -> dict[str, torch.Tensor]:
+    def forward(self, batch: FloatBatch, step: int = 0) -> dict[str, torch.Tensor]:
         groups = self._check_groups(batch)
         stop = batch.weather_stop
         out = self.body.student(batch.inputs)
         result = {"pixel": self.loss.pixel * self.pixel(out, batch.targets, batch)}
-        if self.loss.mcr != "none" and self.loss.hcr:
-            result["hcr"] = self.loss.hcr * self._hcr(out[:stop], batch.targets[:stop], batch.inputs[:stop],
-                                                      groups)
+        scale = self._mcr_scale(self.loss.hcr, step)
+        if scale:
+            result["hcr"] = scale * self._hcr(out[:stop], batch.targets[:stop], batch.inputs[:stop], groups)
+        elif self.loss.mcr != "none" and self.loss.hcr:
+            result["hcr"] = out.new_zeros(())
         return result
 
     def _hcr(self, anchor: torch.Tensor, target: torch.Tensor, degraded: torch.Tensor,

@@ -315,7 +315,7 @@ class Trainer:
                 stage.task.train()
             fb = batch.to(self.device)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                terms = stage.task(fb)
+                terms = stage.task(fb, step=step)
             loss = sum(terms.values())
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
