@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from unweather.cluster.chunks import count_video_packets, cut, join, publish, remove_temps, temp_path
@@ -255,10 +256,16 @@ def run_archive(sources: Sequence[Source], output_dir: str, config: Any = None,
         from unweather.stream import RunConfig
 
         config = RunConfig()
+    outputs = [os.path.abspath(output_path(s, output_dir)) for s in sources]
+    clashes = sorted({o for o in outputs if outputs.count(o) > 1})
+    if clashes:
+        raise UnweatherError(f"several inputs would write {clashes[0]}; give them distinct names or outputs")
     began = time.monotonic()
     os.makedirs(output_dir, exist_ok=True)
     work_root = os.path.join(output_dir, WORK_DIR)
-    jobs = [_prepare(source, output_dir, work_root, config, options) for source in sources]
+    # Planning reads every input's packets (no decoding): a few files at a time, mostly waiting on disk.
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(sources)))) as pool:
+        jobs = list(pool.map(lambda s: _prepare(s, output_dir, work_root, config, options), sources))
     chunk_rows: list[dict] = []
     for job in jobs:
         if job.status == "skipped":
