@@ -170,3 +170,18 @@ def test_models_command_lists_every_network(capsys):
         assert name in out
     assert "28,712,861" in out and "64/128/256/256" in out
     assert main(["models", "--size", "sixty"]) == 1
+
+
+def test_convert_with_arch_and_options_for_a_plain_state_dict(tmp_path, capsys):
+    model = build("student_small", widths=[8, 16, 24, 32]).eval()
+    source = tmp_path / "student.pt"
+    torch.save(model.state_dict(), source)
+    out = tmp_path / "student.safetensors"
+    assert main(["convert", str(source), "-o", str(out)]) == 1
+    assert "--arch" in capsys.readouterr().err
+    args = ["convert", str(source), "-o", str(out), "--arch", "student_small"]
+    assert main([*args, "--options", '{"widths": [8, 16, 24, 32]}', "--half"]) == 0
+    loaded = load_checkpoint(out)
+    assert loaded.tap_channels == (16, 24, 32, 32)
+    torch.testing.assert_close(_run(loaded), _run(model), atol=2e-3, rtol=1e-2)
+    assert main([*args, "--options", "[1]"]) == 1

@@ -278,14 +278,23 @@ def _infer_arch(state_dict: Mapping[str, torch.Tensor], path: Path) -> tuple[str
     if "conv_input.conv2d.weight" in keys:
         candidates.append(("msbdn", {"res_blocks": max(blocks) + 1 if blocks else 0}))
     candidates += [(name, {}) for name in names() if name != "identity"]
+    same_keys = []
     for name, options in candidates:
         try:
-            model = _meta_model(name, options)
+            expected = _meta_model(name, options).state_dict()
         except (TypeError, ValueError):
             continue
-        if set(model.state_dict()) == keys:
+        if set(expected) != keys:
+            continue
+        if all(expected[k].shape == state_dict[k].shape for k in keys):
             logger.debug("%s: recognised a %s network %s", path, name, options)
             return name, options
+        same_keys.append(name)
+    if same_keys:
+        raise UnweatherError(
+            f"{path} has the keys of {same_keys[0]!r} with other sizes; name it with arch= and its options "
+            f"(--arch {same_keys[0]} --options JSON on the command line)"
+        )
     raise UnweatherError(
         f"cannot tell which network {path} holds; name it with arch= (--arch on the command line), "
         f"one of: {', '.join(names())}"

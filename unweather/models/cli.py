@@ -40,6 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the architecture, when the checkpoint does not say and it is not recognised from its keys",
     )
     parser.add_argument(
+        "--options",
+        metavar="JSON",
+        help="architecture options as a JSON object, e.g. '{\"res_blocks\": 18}' (overrides the file's)",
+    )
+    parser.add_argument(
         "--trust-checkpoint",
         action="store_true",
         help="allow a checkpoint that needs full unpickling (this runs code from the file: only for "
@@ -136,7 +141,15 @@ def convert_handler(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise UnweatherError(f"--metadata takes KEY=VALUE, not {item!r}")
         metadata[key] = value
-    model = load_checkpoint(args.checkpoint, trusted=args.trust_checkpoint, arch=args.arch)
+    options = {}
+    if args.options:
+        try:
+            options = json.loads(args.options)
+        except json.JSONDecodeError as exc:
+            raise UnweatherError(f"--options is not valid JSON ({exc})") from None
+        if not isinstance(options, dict):
+            raise UnweatherError("--options must be a JSON object")
+    model = load_checkpoint(args.checkpoint, trusted=args.trust_checkpoint, arch=args.arch, **options)
     try:
         save(model, args.output, metadata=metadata, dtype=torch.float16 if args.half else None)
     except ValueError as exc:
