@@ -246,6 +246,9 @@ class NetworkSource:
         scheme = self.url.partition("://")[0].lower()
         if scheme in ("rtsp", "rtsps"):
             options["rtsp_transport"] = opts.rtsp_transport
+            # The SDP already names the streams: probing 0.5 s instead of FFmpeg's default halves
+            # the time to (re)connect and the burst of stale frames that probing buffers.
+            options["analyzeduration"] = "500000"
         elif scheme in ("http", "https"):
             options["reconnect"] = "0"  # we reconnect ourselves, with our own backoff and limits
         logger.debug("opening %s", self.redacted_url)
