@@ -5,46 +5,89 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import torch
+from typing_extensions import Self
 
 from unweather.errors import UnweatherError
 from unweather.models.padding import pad_to_multiple
+
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 class Engine(ABC):
     """Restores a batch of frames: (N, 3, H, W) float in [0, 1] on `device` -> the same.
 
-    Subclasses implement `infer` on frames already padded to `multiple`; the base class pads
-    and crops, so every backend takes any frame size.
+    Subclasses implement `infer` on frames already padded to `multiple` (and to `min_size`); the
+    base class pads and crops, so every backend takes any frame size. With `set_tiling`, frames
+    larger than the tile are restored tile by tile (see `unweather.engine.tiling`).
 
     Attributes:
         backend: the backend's name ("torch", "onnxruntime", "tensorrt").
         device: where input and output tensors live.
         precision: the arithmetic precision the network runs in ("fp32", "fp16", "bf16").
         multiple: the size multiple the network needs.
+        min_size: the smallest height and width the network takes.
+        model: what the engine was opened from (a registry name or a file), for logs.
     """
 
     backend: str = ""
 
-    def __init__(self, device: torch.device, precision: str, multiple: int) -> None:
+    def __init__(self, device: torch.device | str, precision: str, multiple: int, min_size: int = 1) -> None:
+        if precision not in PRECISIONS:
+            raise UnweatherError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
         self.device = torch.device(device)
         self.precision = precision
-        self.multiple = multiple
+        self.multiple = max(1, int(multiple))
+        self.min_size = max(1, int(min_size))
+        self.model = ""
+        self.tile: int | None = None
+        self.tile_overlap = 0
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         if frames.ndim != 4 or frames.shape[1] != 3:
             raise UnweatherError(f"expected frames of shape (N, 3, H, W), got {tuple(frames.shape)}")
+        if frames.device != self.device and not _same_device(frames.device, self.device):
+            raise UnweatherError(f"frames are on {frames.device} but the engine runs on {self.device}; "
+                                 "move them with .to(engine.device)")
         h, w = frames.shape[-2:]
-        out = self.infer(pad_to_multiple(frames, self.multiple))
+        if self.tile is not None and (h > self.tile or w > self.tile):
+            from unweather.engine.tiling import tiled
+
+            return tiled(self._whole, frames, self.tile, self.tile_overlap)
+        return self._whole(frames)
+
+    def _whole(self, frames: torch.Tensor) -> torch.Tensor:
+        h, w = frames.shape[-2:]
+        out = self.infer(pad_to_multiple(frames, self.multiple, self.min_size))
         return out[..., :h, :w]
 
     @abstractmethod
     def infer(self, frames: torch.Tensor) -> torch.Tensor:
         """Run the network on frames whose height and width are multiples of `multiple`."""
 
+    def set_tiling(self, tile: int | None, overlap: int = 32) -> None:
+        """Restore frames larger than `tile` x `tile` in overlapping tiles (None: whole frames).
+
+        Args:
+            tile: the tile's height and width, a multiple of `multiple`.
+            overlap: pixels shared by neighbouring tiles; seams are blended across it. It should
+                be at least four times the network's receptive radius for tiles to match
+                whole-frame inference (half of it is a margin where a tile's output is ignored).
+        """
+        if tile is None:
+            self.tile = None
+            return
+        tile, overlap = int(tile), int(overlap)
+        if tile < self.multiple or tile % self.multiple or tile < self.min_size:
+            raise UnweatherError(f"tile size {tile} must be a multiple of {self.multiple} and at least "
+                                 f"{max(self.multiple, self.min_size)} for this network")
+        if not 0 <= overlap <= tile // 2:
+            raise UnweatherError(f"tile overlap {overlap} must be between 0 and half the tile ({tile // 2})")
+        self.tile, self.tile_overlap = tile, overlap
+
     def close(self) -> None:
         """Release what the engine holds."""
 
-    def __enter__(self) -> Engine:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -52,4 +95,15 @@ class Engine(ABC):
 
     def describe(self) -> str:
         """One line naming backend, precision and device, for logs."""
-        return f"{self.backend} {self.precision} on {self.device}"
+        tiles = f", tiles {self.tile} overlap {self.tile_overlap}" if self.tile else ""
+        return f"{self.backend} {self.precision} on {self.device}{tiles}"
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    # "cuda" and "cuda:0" name the same device when 0 is the current one.
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    current = torch.cuda.current_device()
+    return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)

@@ -1,9 +1,92 @@
-"""Subcommands of `unweather.engine`."""
+"""Subcommands of `unweather.engine`: `export` (ONNX) and `build` (TensorRT engine)."""
 
 from __future__ import annotations
 
 import argparse
 
+_EXPORT_EPILOG = """\
+examples:
+  unweather export --model fast -o fast.onnx
+  unweather export --model quality --precision fp16 --calibration-frames my_frames/ -o quality-fp16.onnx
+  unweather export --model student.safetensors --precision fp16 --keep-fp32 'context.*' -o student-fp16.onnx
+"""
+
+_BUILD_EPILOG = """\
+examples:
+  unweather build quality-fp16.onnx -o quality.plan
+  unweather build quality-fp16.onnx -o quality-4k.plan --opt-shape 1x3x2160x3840 --max-shape 1x3x2160x3840
+"""
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this area's subcommands."""
+    p = subparsers.add_parser(
+        "export", help="export a model to ONNX (fp32, or fp16 behind an accuracy gate)",
+        description="Export a model to ONNX with a dynamic batch, height and width, check it with the ONNX checker "
+                    "and compare ONNX Runtime with torch. --precision fp16 writes FP16 weights and arithmetic with "
+                    "FP32 input and output, and refuses a graph below --min-psnr against torch FP32 on real frames.",
+        epilog=_EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="registry name, shipped weights (fast, quality) or checkpoint "
+                                   "(default: the default model for the CPU)")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="graph precision (default: fp32)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset, 17 or newer (default: 18)")
+    p.add_argument("--calibration-frames", metavar="DIR", help="images checked by the fp16 gate besides the "
+                                                                "bundled photo")
+    p.add_argument("--min-psnr", type=float, default=40.0, help="fp16 gate: least PSNR in dB against fp32 "
+                                                                 "(default: 40)")
+    p.add_argument("--keep-fp32", nargs="+", default=[], metavar="PATTERN",
+                   help="modules kept in fp32 in an fp16 graph, shell-style patterns over module names "
+                        "(e.g. 'context.*' head)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow a pickled checkpoint that needs full unpickling (runs code from the file)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.onnx", help="the ONNX file to write")
+    p.set_defaults(func=export_handler)
+
+    b = subparsers.add_parser(
+        "build", help="build a TensorRT engine from an ONNX file (needs TensorRT and a GPU)",
+        description="Build a strongly typed TensorRT engine from an ONNX file exported by `unweather export`: "
+                    "the graph's precision is the engine's. Writes FILE.plan and FILE.plan.json (metadata); "
+                    "a timing cache beside it speeds up later builds.",
+        epilog=_BUILD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("onnx", metavar="FILE.onnx", help="the ONNX graph")
+    b.add_argument("-o", "--output", required=True, metavar="FILE.plan", help="the engine file to write")
+    b.add_argument("--min-shape", default=None, metavar="NxCxHxW", help="smallest input (default: 1x3x64x64)")
+    b.add_argument("--opt-shape", default=None, metavar="NxCxHxW", help="shape tuned for (default: 1x3x720x1280)")
+    b.add_argument("--max-shape", default=None, metavar="NxCxHxW", help="largest input (default: 4x3x1088x1920)")
+    b.add_argument("--workspace", type=int, default=None, metavar="MB", help="builder workspace limit in MB")
+    b.add_argument("--device", default="cuda", help="CUDA device to build for (default: cuda)")
+    b.set_defaults(func=build_handler)
+
+
+def export_handler(args: argparse.Namespace) -> int:
+    """`unweather export`."""
+    from unweather.engine.export import DEFAULT_OPSET, ExportConfig, export_onnx
+    from unweather.engine.sources import default_model, load_network, resolve
+    from unweather.errors import UnweatherError
+
+    source = resolve(args.model or default_model("cpu"))
+    if not source.is_network:
+        raise UnweatherError(f"{source.name} is a {source.kind} file; export takes a registry name, shipped weights "
+                             "or a checkpoint")
+    net = load_network(source, trusted=args.trust_checkpoint)
+    config = ExportConfig(precision=args.precision, opset=args.opset or DEFAULT_OPSET, min_psnr=args.min_psnr,
+                          keep_fp32=tuple(args.keep_fp32), calibration_frames=args.calibration_frames)
+    report = export_onnx(net, args.output, config)
+    print(report.summary())
+    return 0
+
+
+def build_handler(args: argparse.Namespace) -> int:
+    """`unweather build`."""
+    from unweather.engine.tensorrt_build import Profile, build_engine, parse_shape
+
+    default = Profile()
+    profile = Profile(
+        parse_shape(args.min_shape) if args.min_shape else default.min,
+        parse_shape(args.opt_shape) if args.opt_shape else default.opt,
+        parse_shape(args.max_shape) if args.max_shape else default.max,
+    )
+    meta = build_engine(args.onnx, args.output, profile, args.workspace, args.device)
+    print(f"wrote {args.output} ({meta['precision']}, TensorRT {meta['tensorrt']}, {meta['gpu']}, "
+          f"{profile.describe()}, {meta['build_seconds']} s) and {args.output}.json")
+    return 0

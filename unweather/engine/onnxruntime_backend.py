@@ -1,0 +1,154 @@
+"""The ONNX Runtime backend: CPU by default; CUDA and TensorRT execution providers with onnxruntime-gpu.
+
+On the CPU, frames go to ONNX Runtime as NumPy views of the torch tensors (no copy). On a GPU,
+inputs and outputs are torch tensors bound with IO binding, and the session runs on the torch
+stream that was current when the engine was opened (`user_compute_stream`), so work queued by
+torch before a call is ordered before it without a device-wide synchronisation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from unweather.engine.base import Engine
+from unweather.errors import UnweatherError
+
+logger = logging.getLogger(__name__)
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_TORCH = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16}
+
+
+def available_providers() -> list[str]:
+    """The execution providers this onnxruntime build offers (empty when it is not installed)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return []
+    return list(ort.get_available_providers())
+
+
+class OnnxRuntimeEngine(Engine):
+    """Runs an ONNX graph with ONNX Runtime.
+
+    Args:
+        path: the .onnx file.
+        device: "cpu" or a CUDA device (needs onnxruntime-gpu).
+        precision: the graph's precision (read from the file by `unweather.engine.open`).
+        threads: intra-op threads on the CPU (default: ONNX Runtime's choice, one per core).
+        providers: on CUDA, "cuda" (default) or "tensorrt" (TensorRT EP, CUDA as its fallback).
+        multiple: the size multiple the graph needs (default: the file's metadata, else 1).
+        min_size: the smallest height and width (default: the file's metadata, else 1).
+        cache: a folder for the TensorRT EP's engine cache.
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike[str], device: torch.device | str = "cpu", precision: str = "fp32",
+                 threads: int | None = None, providers: str | None = None, multiple: int | None = None,
+                 min_size: int | None = None, cache: str | os.PathLike[str] | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise UnweatherError("ONNX Runtime is not installed (pip install onnxruntime)") from exc
+        from unweather.engine.export import INPUT_NAME, read_onnx_metadata
+
+        meta = read_onnx_metadata(path)
+        multiple = int(meta.get("unweather.pad_multiple", 1)) if multiple is None else int(multiple)
+        min_size = int(meta.get("unweather.min_size", 1)) if min_size is None else int(min_size)
+        super().__init__(torch.device(device), precision, multiple, min_size)
+        self.path = Path(path)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            if int(threads) < 1:
+                raise UnweatherError(f"threads must be at least 1, got {threads}")
+            options.intra_op_num_threads = int(threads)
+        self.threads = threads
+        self._stream: torch.cuda.Stream | None = None
+        session_providers = self._providers(providers, cache, available_providers())
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=session_providers)
+        except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
+            raise UnweatherError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from exc
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise UnweatherError(f"{path} has {len(inputs)} inputs and {len(outputs)} outputs; an engine needs one each")
+        self.input, self.output = inputs[0], outputs[0]
+        if self.input.name != INPUT_NAME:
+            logger.info("%s: input %r (not %r)", path, self.input.name, INPUT_NAME)
+        for arg in (self.input, self.output):
+            if arg.type not in _NUMPY:
+                raise UnweatherError(f"{path}: {arg.name} is {arg.type}; an engine needs float or float16 frames")
+        logger.debug("ONNX Runtime providers: %s", self.session.get_providers())
+
+    def _providers(self, requested: str | None, cache: str | os.PathLike[str] | None,
+                   available: list[str]) -> list[object]:
+        if self.device.type == "cpu":
+            if requested not in (None, "cpu"):
+                raise UnweatherError(f"the {requested!r} execution provider needs a CUDA device, not the CPU")
+            return ["CPUExecutionProvider"]
+        if self.device.type != "cuda":
+            raise UnweatherError(f"ONNX Runtime runs on cpu or cuda, not {self.device}")
+        if not torch.cuda.is_available():
+            raise UnweatherError("device 'cuda' was asked for, but torch sees no CUDA GPU")
+        if "CUDAExecutionProvider" not in available:
+            raise UnweatherError("ONNX Runtime on CUDA needs onnxruntime-gpu (pip install 'unweather[gpu]'); "
+                                 f"this build offers {', '.join(available) or 'nothing'}")
+        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        self.device = torch.device("cuda", index)
+        self._stream = torch.cuda.current_stream(self.device)
+        stream = str(self._stream.cuda_stream)
+        cuda = ("CUDAExecutionProvider", {"device_id": index, "user_compute_stream": stream})
+        if requested in (None, "cuda"):
+            return [cuda]
+        if requested == "tensorrt":
+            if "TensorrtExecutionProvider" not in available:
+                raise UnweatherError("this onnxruntime build has no TensorRT execution provider")
+            folder = Path(cache) if cache is not None else self.path.parent
+            trt = ("TensorrtExecutionProvider", {
+                "device_id": index, "user_compute_stream": stream,
+                "trt_engine_cache_enable": True, "trt_engine_cache_path": str(folder / "ort-trt"),
+                "trt_timing_cache_enable": True})
+            return [trt, cuda]
+        raise UnweatherError(f"unknown execution provider {requested!r}; use one of {', '.join(PROVIDERS)}")
+
+    def infer(self, frames: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cpu":
+            x = frames.detach().to(_TORCH[self.input.type]).contiguous()
+            out = self.session.run([self.output.name], {self.input.name: x.numpy()})[0]
+            return torch.from_numpy(out).to(frames.dtype)
+        return self._infer_cuda(frames)
+
+    def _infer_cuda(self, frames: torch.Tensor) -> torch.Tensor:
+        x = frames.detach().to(_TORCH[self.input.type]).contiguous()
+        out = torch.empty(self._output_shape(tuple(x.shape)), dtype=_TORCH[self.output.type], device=self.device)
+        binding = self.session.io_binding()
+        binding.bind_input(self.input.name, "cuda", self.device.index, _NUMPY[self.input.type], tuple(x.shape),
+                           x.data_ptr())
+        binding.bind_output(self.output.name, "cuda", self.device.index, _NUMPY[self.output.type],
+                            tuple(out.shape), out.data_ptr())
+        if self._stream is not None and torch.cuda.current_stream(self.device) != self._stream:
+            # The session runs on the stream current at open(); order it after the caller's work.
+            self._stream.wait_stream(torch.cuda.current_stream(self.device))
+            x.record_stream(self._stream)
+            out.record_stream(self._stream)
+        self.session.run_with_iobinding(binding)
+        return out.to(frames.dtype)
+
+    def _output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        declared = self.output.shape
+        if all(isinstance(d, int) for d in declared):
+            return tuple(declared)
+        # Our graphs (and restoration graphs generally) return frames of the input's shape.
+        return input_shape
+
+    def close(self) -> None:
+        self.session = None

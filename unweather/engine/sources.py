@@ -1,0 +1,161 @@
+"""What a model argument names: a registry model, shipped weights, a checkpoint, an ONNX graph or an engine.
+
+Also where shipped weights live, the default model, and the cache folder for exported graphs and
+built engines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from unweather.errors import UnweatherError
+
+logger = logging.getLogger(__name__)
+
+# Shipped weight names and the architecture each holds.
+SHIPPED = {"fast": "student_small", "quality": "student_base"}
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
+ONNX_SUFFIXES = (".onnx",)
+ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved model argument.
+
+    Attributes:
+        kind: "registry", "weights" (shipped), "checkpoint", "onnx" or "tensorrt".
+        name: the argument as given (a name or a path).
+        path: the file, for every kind but "registry".
+    """
+
+    kind: str
+    name: str
+    path: Path | None = None
+
+    @property
+    def is_network(self) -> bool:
+        """True when torch can build the network (registry names, shipped weights, checkpoints)."""
+        return self.kind in ("registry", "weights", "checkpoint")
+
+
+def weights_dir() -> Path:
+    """The folder of shipped weights inside the package."""
+    return Path(__file__).resolve().parent.parent / "weights"
+
+
+def shipped_weights(name: str) -> Path:
+    """The file of shipped weights `name` ("fast" or "quality"), whether or not it exists."""
+    return weights_dir() / f"{name}.safetensors"
+
+
+def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """Where exported graphs and built engines are kept: `override`, $UNWEATHER_CACHE, or ~/.cache/unweather."""
+    if override is not None:
+        return Path(override)
+    if os.environ.get("UNWEATHER_CACHE"):
+        return Path(os.environ["UNWEATHER_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "unweather"
+
+
+def resolve(model: str | os.PathLike[str]) -> ModelSource:
+    """Tell what `model` names; files must exist.
+
+    Raises:
+        UnweatherError: a missing file, an unknown suffix, shipped weights that are not installed,
+            or a name that is none of these (the message lists what is accepted).
+    """
+    from unweather.models import names
+
+    text = os.fspath(model)
+    suffix = Path(text).suffix.lower()
+    kinds = {**dict.fromkeys(CHECKPOINT_SUFFIXES, "checkpoint"), **dict.fromkeys(ONNX_SUFFIXES, "onnx"),
+             **dict.fromkeys(ENGINE_SUFFIXES, "tensorrt")}
+    if suffix in kinds:
+        path = Path(text)
+        what = {"checkpoint": "checkpoint", "onnx": "ONNX file", "tensorrt": "TensorRT engine file"}[kinds[suffix]]
+        if not path.is_file():
+            raise UnweatherError(f"{what} not found: {path}")
+        return ModelSource(kinds[suffix], text, path)
+    if text in names():
+        return ModelSource("registry", text)
+    if text in SHIPPED:
+        path = shipped_weights(text)
+        if not path.is_file():
+            raise UnweatherError(
+                f"the shipped {text!r} weights are not in this installation (expected {path}); "
+                f"use a checkpoint file or a registry model ({', '.join(names())})")
+        return ModelSource("weights", text, path)
+    if Path(text).is_file():
+        raise UnweatherError(
+            f"cannot tell what {text} holds from its suffix; use {', '.join(CHECKPOINT_SUFFIXES)} for checkpoints, "
+            f".onnx for ONNX graphs, {', '.join(ENGINE_SUFFIXES)} for TensorRT engines")
+    raise UnweatherError(
+        f"unknown model {text!r}: not a registry model ({', '.join(names())}), not shipped weights "
+        f"({', '.join(SHIPPED)}) and not an existing file")
+
+
+def load_network(source: ModelSource, trusted: bool = False) -> nn.Module:
+    """Build the torch network of a registry name, shipped weights or a checkpoint (eval, float32, CPU)."""
+    from unweather.models import build, load_checkpoint
+
+    if source.kind == "registry":
+        return build(source.name).eval()
+    if source.kind in ("weights", "checkpoint"):
+        assert source.path is not None
+        return load_checkpoint(source.path, trusted=trusted)
+    raise UnweatherError(f"{source.name} is a {source.kind} file, not a torch network")
+
+
+def default_model(device: str | torch.device | None = None) -> str:
+    """The model to use when none is named: "quality" on CUDA, "fast" on the CPU.
+
+    When the preferred weights are not shipped, the other shipped weights are used, then
+    "identity"; either fallback is logged as a warning, never silent.
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    preferred = "quality" if torch.device(device).type == "cuda" else "fast"
+    other = "fast" if preferred == "quality" else "quality"
+    if shipped_weights(preferred).is_file():
+        return preferred
+    if shipped_weights(other).is_file():
+        logger.warning("the %r weights are not shipped in this installation; using %r instead", preferred, other)
+        return other
+    logger.warning("no trained weights are shipped in this installation (%s); using 'identity', which passes "
+                   "frames through unchanged", weights_dir())
+    return "identity"
+
+
+def network_digest(net: nn.Module) -> str:
+    """A SHA-256 of a network's architecture, options and weights: the key of its exported graphs."""
+    from unweather.models.checkpoint import unwrap
+
+    net = unwrap(net)
+    h = hashlib.sha256()
+    h.update(str(getattr(net, "arch", type(net).__name__)).encode())
+    h.update(json.dumps(getattr(net, "arch_options", {}), sort_keys=True, default=str).encode())
+    for key, value in sorted(net.state_dict().items()):
+        h.update(key.encode())
+        h.update(str(value.dtype).encode())
+        h.update(str(tuple(value.shape)).encode())
+        h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def file_digest(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

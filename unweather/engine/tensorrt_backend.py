@@ -1,0 +1,138 @@
+"""The TensorRT backend: a deserialised engine run on torch tensors on the current torch CUDA stream.
+
+No pycuda and no CUDA context of our own: torch owns the context, the memory and the streams.
+Inputs and outputs are torch tensors whose addresses are handed to the execution context with
+`set_tensor_address`; `execute_async_v3` enqueues the engine on torch's current stream, so it is
+ordered after the torch work that produced the frames and before the work that consumes the
+result, without synchronising the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unweather.engine.base import Engine
+from unweather.engine.tensorrt_build import (
+    format_shape,
+    gpu_identity,
+    import_tensorrt,
+    make_logger,
+    profile_error,
+    read_sidecar,
+)
+from unweather.errors import UnweatherError
+
+logger = logging.getLogger(__name__)
+
+
+class EngineLoadError(UnweatherError):
+    """An engine file that this TensorRT cannot deserialise (other version, other GPU, damaged file)."""
+
+
+def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
+    table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16}
+    if hasattr(trt.DataType, "BF16"):
+        table[trt.DataType.BF16] = torch.bfloat16
+    if dtype not in table:
+        raise UnweatherError(f"the engine's frames are {dtype}; an engine needs float, half or bfloat16 frames")
+    return table[dtype]
+
+
+class TensorRTEngine(Engine):
+    """Runs a serialised TensorRT engine.
+
+    Args:
+        plan: the engine file.
+        device: the CUDA device it runs on (the one it was built for).
+        precision: the precision it computes in (from its sidecar; default "fp16").
+        multiple: the size multiple (default: from the sidecar, else 16).
+        min_size: the smallest height and width (default: from the sidecar, else 1).
+
+    Raises:
+        EngineLoadError: the file does not deserialise with this TensorRT on this GPU.
+    """
+
+    backend = "tensorrt"
+
+    def __init__(self, plan: str | os.PathLike[str], device: torch.device | str = "cuda",
+                 precision: str | None = None, multiple: int | None = None, min_size: int | None = None) -> None:
+        trt = import_tensorrt()
+        meta = read_sidecar(plan) or {}
+        device = torch.device(device)
+        if device.type != "cuda":
+            raise UnweatherError(f"TensorRT runs on CUDA devices, not {device}")
+        if not torch.cuda.is_available():
+            raise UnweatherError("TensorRT needs a CUDA GPU, and torch sees none")
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        super().__init__(torch.device("cuda", index), precision or meta.get("precision", "fp16"),
+                         int(multiple or meta.get("pad_multiple", 16)), int(min_size or meta.get("min_size", 1)))
+        self.plan = Path(plan)
+        self._logger = make_logger(trt)
+        data = self.plan.read_bytes()
+        with torch.cuda.device(self.device):
+            self._runtime = trt.Runtime(self._logger)
+            engine = self._runtime.deserialize_cuda_engine(data) if data else None
+            if engine is None:
+                raise EngineLoadError(self._load_failure(meta, str(trt.__version__)))
+            self._engine = engine
+            self._context = engine.create_execution_context()
+        if self._context is None:
+            raise UnweatherError(f"TensorRT could not create an execution context for {plan} (out of GPU memory?)")
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise UnweatherError(f"{plan} has {len(inputs)} inputs and {len(outputs)} outputs; an engine needs one each")
+        self.input_name, self.output_name = inputs[0], outputs[0]
+        self.input_dtype = _torch_dtype(trt, engine.get_tensor_dtype(self.input_name))
+        self.output_dtype = _torch_dtype(trt, engine.get_tensor_dtype(self.output_name))
+        low, opt, high = engine.get_tensor_profile_shape(self.input_name, 0)
+        self.profile = (tuple(low), tuple(opt), tuple(high))
+        self._keep: tuple[torch.Tensor, torch.Tensor] | None = None
+        logger.debug("TensorRT engine %s: %s -> %s, profile min %s opt %s max %s", plan, self.input_name,
+                     self.output_name, format_shape(self.profile[0]), format_shape(self.profile[1]),
+                     format_shape(self.profile[2]))
+
+    def _load_failure(self, meta: dict[str, Any], version: str) -> str:
+        here = f"TensorRT {version}"
+        try:
+            gpu, capability = gpu_identity(self.device)
+            here += f" on {gpu} (compute {capability})"
+        except UnweatherError:
+            pass
+        built = ""
+        if meta:
+            built = (f", built with TensorRT {meta.get('tensorrt')} for {meta.get('gpu')} "
+                     f"(compute {meta.get('compute_capability')})")
+        return f"{here} cannot deserialise {self.plan}{built}; it is from another TensorRT or GPU, or damaged"
+
+    def infer(self, frames: torch.Tensor) -> torch.Tensor:
+        shape = tuple(frames.shape)
+        error = profile_error(shape, self.profile[0], self.profile[2])
+        if error is not None:
+            raise error
+        x = frames.detach().to(self.input_dtype).contiguous()
+        context = self._context
+        if not context.set_input_shape(self.input_name, shape):
+            raise UnweatherError(f"TensorRT refused input shape {format_shape(shape)}")
+        out_shape = tuple(context.get_tensor_shape(self.output_name))
+        out = torch.empty(out_shape, dtype=self.output_dtype, device=self.device)
+        context.set_tensor_address(self.input_name, x.data_ptr())
+        context.set_tensor_address(self.output_name, out.data_ptr())
+        stream = torch.cuda.current_stream(self.device)
+        if not context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError(f"TensorRT failed to enqueue {self.plan} (see the TensorRT errors above)")
+        # Both tensors were allocated on this stream, so the caching allocator cannot hand their memory
+        # to other streams' work before the engine is done; keep them alive until the next call anyway.
+        self._keep = (x, out)
+        return out.to(frames.dtype)
+
+    def close(self) -> None:
+        self._keep = None
+        self._context = None
+        self._engine = None
