@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Train the models that ship in the package: three single-weather teachers, then the two-stage students
+# `fast` (student_small) and `quality` (student_base), and the baselines of the quality table.
+#
+#   bash scripts/train_default_models.sh [all|lanes|teachers|fast|quality|baselines|ship|RUN...]
+#
+# Idempotent and resumable: a run whose output exists is skipped; a run directory holding a checkpoint is
+# continued with --resume (stop any run with Ctrl-C or SIGINT: it saves a checkpoint first). Run
+# directories go to data/runs/<run>/ and networks to data/models/ (both git-ignored); `ship` copies the
+# students into unweather/weights/ and the small run records into training_runs/.
+#
+# Needs data/synth from scripts/make_training_data.sh. On a 2-core CPU, two jobs of one thread each run
+# faster together than one job on two threads, so `lanes` (the default) runs two queues side by side.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+META=data/synth
+RUNS=data/runs
+MODELS=data/models
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+# Lengths (steps). Changing one after a run started makes --resume refuse it: use a new run name.
+# Sized for about 100 minutes of a 2-core machine shared with other work (teacher ~0.6 steps/s, a student
+# step costs about three teacher steps because the contrastive terms run through the frozen teachers).
+TEACHER_STEPS=${TEACHER_STEPS:-700}
+HAZE_TEACHER_STEPS=${HAZE_TEACHER_STEPS:-500}
+FAST_KC=${FAST_KC:-500}
+FAST_KE=${FAST_KE:-500}
+QUALITY_KC=${QUALITY_KC:-300}
+QUALITY_KE=${QUALITY_KE:-300}
+# Students train on 64 px crops (2.25x cheaper than the preset's 96) to fit the time.
+STUDENT_CROP=${STUDENT_CROP:-64}
+COMMON=(--meta-dir "$META" --preset cpu --threads 1 --no-progress)
+
+mkdir -p "$RUNS" "$MODELS"
+
+# run NAME ARGS...: train into $MODELS/NAME.safetensors with run directory $RUNS/NAME, resuming if it can.
+run() {
+    local name=$1
+    shift
+    local out="$MODELS/$name.safetensors" dir="$RUNS/$name"
+    if [[ -f "$out" ]]; then
+        echo "[$(date -u +%H:%M:%S)] $name: done ($out)"
+        return 0
+    fi
+    local resume=()
+    [[ -f "$dir/last.json" ]] && resume=(--resume)
+    mkdir -p "$dir"
+    echo "[$(date -u +%H:%M:%S)] $name: start ${resume[*]}"
+    python3 -m unweather.cli train "$@" "${COMMON[@]}" -o "$out" --run-dir "$dir" "${resume[@]}" \
+        >>"$dir/train.log" 2>&1
+    echo "[$(date -u +%H:%M:%S)] $name: finished"
+}
+
+TEACHERS=(rain="$MODELS/teacher_rain.safetensors" snow="$MODELS/teacher_snow.safetensors"
+          haze="$MODELS/teacher_haze.safetensors")
+
+teacher_rain() { run teacher_rain teacher --weather rain --steps "$TEACHER_STEPS"; }
+teacher_snow() { run teacher_snow teacher --weather snow --steps "$TEACHER_STEPS"; }
+teacher_haze() { run teacher_haze teacher --weather haze --steps "$HAZE_TEACHER_STEPS"; }
+# The shipped students: KC (T-pixel, PFE, PFV, SCR) then KE (G-pixel, HCR), contrast in the teachers' taps.
+student_fast() {
+    run student_fast student --model student_small --teachers "${TEACHERS[@]}" --mcr teacher \
+        --crop "$STUDENT_CROP" --kc-steps "$FAST_KC" --ke-steps "$FAST_KE"
+}
+student_quality() {
+    run student_quality student --model student_base --teachers "${TEACHERS[@]}" --mcr teacher \
+        --crop "$STUDENT_CROP" --kc-steps "$QUALITY_KC" --ke-steps "$QUALITY_KE"
+}
+# Baselines of the quality table, for the fast student: direct training for the same number of steps,
+# and the two-stage student without the contrastive terms.
+direct_fast() {
+    run direct_fast student --model student_small --direct --crop "$STUDENT_CROP" --kc-steps "$FAST_KC" --ke-steps "$FAST_KE"
+}
+nomcr_fast() {
+    run nomcr_fast student --model student_small --teachers "${TEACHERS[@]}" --mcr none \
+        --crop "$STUDENT_CROP" --kc-steps "$FAST_KC" --ke-steps "$FAST_KE"
+}
+
+ship() {
+    python3 scripts/ship_default_models.py --models "$MODELS" --runs "$RUNS"
+}
+
+lanes() {
+    # Lane 1 and lane 2 run side by side; each step of a lane waits only for what it needs.
+    (teacher_rain && direct_fast && wait_for teacher_snow teacher_haze && student_fast && nomcr_fast) &
+    local one=$!
+    (teacher_snow && teacher_haze && wait_for teacher_rain && student_quality) &
+    local two=$!
+    wait "$one" "$two"
+}
+
+# wait_for NAME...: block until those outputs exist (they are made by the other lane).
+wait_for() {
+    local name
+    for name in "$@"; do
+        while [[ ! -f "$MODELS/$name.safetensors" ]]; do sleep 20; done
+    done
+}
+
+target=${1:-lanes}
+shift || true
+case "$target" in
+    all) teacher_rain; teacher_snow; teacher_haze; student_fast; student_quality; direct_fast; nomcr_fast; ship ;;
+    lanes) lanes; ship ;;
+    teachers) teacher_rain; teacher_snow; teacher_haze ;;
+    fast) student_fast ;;
+    quality) student_quality ;;
+    baselines) direct_fast; nomcr_fast ;;
+    ship) ship ;;
+    *) for name in "$target" "$@"; do "$name"; done ;;
+esac
