@@ -1,1 +1,37 @@
-"""Decode -> infer -> encode over files, folders, cameras and network streams."""
+"""Decode -> infer -> encode over files, folders, cameras and network streams.
+
+`run(input, output, config)` is the entry point; `RunConfig` holds its settings and `RunStats` what
+it measured. Heavy modules (torch, PyAV) load on first use, so importing this package stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from unweather.stream.config import RunConfig
+
+
+def run(input: str, output: str | None = None, config: RunConfig | None = None, engine: Any = None,
+        stop_event: Any = None):
+    """Restore `input` into `output`; see `unweather.stream.runner.run`."""
+    from unweather.stream.runner import run as _run
+
+    return _run(input, output, config, engine=engine, stop_event=stop_event)
+
+
+def open_engine(config: RunConfig):
+    """The engine `config` asks for; see `unweather.stream.runner.open_engine`."""
+    from unweather.stream.runner import open_engine as _open
+
+    return _open(config)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RunStats":
+        from unweather.stream.stats import RunStats
+
+        return RunStats
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["RunConfig", "RunStats", "open_engine", "run"]

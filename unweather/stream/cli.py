@@ -1,9 +1,98 @@
-"""Subcommands of `unweather.stream`."""
+"""`unweather run`: restore a video file, image, folder of images, capture device or network stream."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
+import sys
+import threading
+
+logger = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this area's subcommands."""
+    """Add `run`."""
+    p = subparsers.add_parser(
+        "run", help="remove rain, snow and haze from a video, images, a camera or a stream",
+        description="Restore INPUT (video file, image, folder of images, /dev/videoN, or an rtsp/rtmp/http/srt "
+                    "URL) into OUTPUT (video file, image, folder ending in '/', or an rtsp/rtmp/srt URL). "
+                    "Ctrl-C stops reading; frames already read are finished and the output stays playable.")
+    p.add_argument("input", metavar="INPUT")
+    p.add_argument("-o", "--output", metavar="OUTPUT",
+                   help="where to write (default: beside the input, e.g. clip.unweather.mp4)")
+    p.add_argument("--model", help="registry name, shipped weights (fast, quality), checkpoint, .onnx or engine "
+                                   "file (default: the package's default for the device)")
+    p.add_argument("--backend", default="auto", help="torch, onnxruntime, tensorrt or auto (default)")
+    p.add_argument("--precision", help="fp32, fp16 or bf16 (default: the backend's choice)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: a GPU when there is one)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow a checkpoint that pickles Python objects (runs code from the file)")
+    p.add_argument("--batch", type=int, default=1, help="frames per inference call in offline mode (default 1)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--live", dest="mode", action="store_const", const="live",
+                      help="bounded latency: drop the oldest waiting frame when inference falls behind "
+                           "(default for URLs and cameras)")
+    mode.add_argument("--offline", dest="mode", action="store_const", const="offline",
+                      help="every frame, batched (default for files and folders)")
+    p.add_argument("--max-frames", type=int, metavar="N", help="stop after N input frames")
+    p.add_argument("--side-by-side", action="store_true", help="write input | output side by side")
+    p.add_argument("--stats", metavar="FILE.json", help="write the run's statistics as JSON")
+    p.add_argument("--codec", default="auto", help="video encoder: auto (NVENC on a GPU when it works, else "
+                                                   "libx264), libx264, h264_nvenc, libx265")
+    p.add_argument("--crf", type=int, default=18, help="video quality, 0-51, lower is better (default 18)")
+    p.add_argument("--preset", help="encoder preset (default: veryfast live, fast offline)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary")
+    net = p.add_argument_group("network sources")
+    net.add_argument("--open-timeout", type=float, default=10.0, metavar="S", help="seconds to connect (10)")
+    net.add_argument("--read-timeout", type=float, default=10.0, metavar="S", help="seconds per read (10)")
+    net.add_argument("--stall-timeout", type=float, default=20.0, metavar="S",
+                     help="reconnect after this long without a frame (20)")
+    net.add_argument("--give-up-after", type=float, default=300.0, metavar="S",
+                     help="end the run when the source stays away this long (300)")
+    net.add_argument("--rtsp-transport", default="tcp", choices=("tcp", "udp"), help="RTSP transport (tcp)")
+    p.set_defaults(func=handle_run, mode="auto")
+
+
+def config_from_args(args: argparse.Namespace):
+    """The `RunConfig` the arguments ask for."""
+    from unweather.stream.config import RunConfig
+
+    return RunConfig(
+        model=args.model, backend=args.backend, precision=args.precision, device=args.device,
+        trust_checkpoint=args.trust_checkpoint, batch=args.batch, mode=args.mode, max_frames=args.max_frames,
+        side_by_side=args.side_by_side, stats_path=args.stats, codec=args.codec, crf=args.crf, preset=args.preset,
+        progress=not args.quiet, open_timeout=args.open_timeout, read_timeout=args.read_timeout,
+        stall_timeout_network=args.stall_timeout, give_up_after=args.give_up_after,
+        rtsp_transport=args.rtsp_transport)
+
+
+def handle_run(args: argparse.Namespace) -> int:
+    """Run the pipeline; SIGINT/SIGTERM stop reading and finish the output, a second one stops at once."""
+    from unweather.stream.runner import run
+
+    config = config_from_args(args)
+    config.validate()
+    stop = threading.Event()
+    previous = {}
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        received.append(signum)
+        logger.warning("%s: finishing the frames read so far (again to stop at once)", signal.Signals(signum).name)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        stats = run(args.input, args.output, config, stop_event=stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not args.quiet:
+        print(stats.summary(), file=sys.stderr)
+    # Stopped by a signal: the output is complete up to there, but the input was not all read.
+    return 128 + received[0] if received else 0

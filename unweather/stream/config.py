@@ -1,0 +1,98 @@
+"""What a run does: `RunConfig`, one dataclass shared by the command line, Python callers and Ray."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from unweather.errors import UnweatherError
+
+MODES = ("auto", "live", "offline")
+
+
+@dataclass
+class RunConfig:
+    """Settings of one `unweather.stream.run`.
+
+    Attributes:
+        model: registry name, shipped weights ("fast", "quality"), checkpoint, .onnx or engine file;
+            None: the package's default for the device.
+        backend, precision, device: passed to `unweather.engine.open` (None/"auto": its choice).
+        trust_checkpoint: allow unpickling a checkpoint that is not plain tensors (runs code from it).
+        batch: frames per inference call in offline mode (live mode always uses 1).
+        mode: "live" (bounded latency: drop the oldest waiting frame when inference falls behind),
+            "offline" (never drop, batch) or "auto" (live for network URLs and capture devices).
+        max_frames: stop after this many input frames.
+        side_by_side: write input | output side by side.
+        stats_path: also write the run's statistics as JSON there.
+        codec: "auto" (NVENC when the engine is on a GPU and the encoder opens, else libx264),
+            "libx264", "h264_nvenc", "libx265", ...
+        crf: constant quality (libx264/libx265 CRF, NVENC CQ); lower is better and larger.
+        preset: encoder preset; None picks "veryfast" live and "fast" offline for libx264.
+        image_rate: frame rate given to a video made from images.
+        queue_size: capacity of each queue between stages (offline); live queues hold 1-2 frames.
+        stall_timeout: a stage that gets no work for this long (seconds) stops the run with an error.
+        max_pixels: larger frames are refused (width x height).
+        progress: show a progress bar on stderr when it is a terminal.
+        open_timeout, read_timeout, stall_timeout_network, give_up_after: network source timeouts
+            (seconds; see `unweather.stream.network.NetworkOptions`).
+        rtsp_transport: "tcp" (default) or "udp" for RTSP sources and outputs.
+        device_size, device_rate, device_format: capture-device settings (e.g. "1280x720", 30, "mjpeg").
+    """
+
+    model: str | None = None
+    backend: str = "auto"
+    precision: str | None = None
+    device: str | None = None
+    trust_checkpoint: bool = False
+    batch: int = 1
+    mode: str = "auto"
+    max_frames: int | None = None
+    side_by_side: bool = False
+    stats_path: str | None = None
+    codec: str = "auto"
+    crf: int = 18
+    preset: str | None = None
+    image_rate: float = 25.0
+    queue_size: int = 8
+    stall_timeout: float = 600.0
+    max_pixels: int = 8192 * 8192
+    progress: bool = True
+    open_timeout: float = 10.0
+    read_timeout: float = 10.0
+    stall_timeout_network: float = 20.0
+    give_up_after: float = 300.0
+    rtsp_transport: str = "tcp"
+    device_size: str | None = None
+    device_rate: float | None = None
+    device_format: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise UnweatherError for settings that cannot work."""
+        if self.mode not in MODES:
+            raise UnweatherError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}.")
+        if not isinstance(self.batch, int) or self.batch < 1:
+            raise UnweatherError(f"batch must be a positive integer, not {self.batch!r}.")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise UnweatherError(f"max_frames must be at least 1, not {self.max_frames}.")
+        if not 0 <= self.crf <= 51:
+            raise UnweatherError(f"crf must be between 0 and 51, not {self.crf}.")
+        if self.queue_size < 1:
+            raise UnweatherError(f"queue_size must be at least 1, not {self.queue_size}.")
+        if not self.stall_timeout > 0:
+            raise UnweatherError(f"stall_timeout must be positive, not {self.stall_timeout}.")
+        if not self.image_rate > 0:
+            raise UnweatherError(f"image_rate must be positive, not {self.image_rate}.")
+
+    def network_options(self):
+        """The `NetworkOptions` these settings give."""
+        from unweather.stream.network import NetworkOptions
+
+        return NetworkOptions(open_timeout=self.open_timeout, read_timeout=self.read_timeout,
+                              stall_timeout=self.stall_timeout_network, give_up_after=self.give_up_after,
+                              rtsp_transport=self.rtsp_transport)
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        """Names of every setting."""
+        return {f.name for f in fields(cls)}

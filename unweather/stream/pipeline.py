@@ -1,0 +1,538 @@
+"""The real-time pipeline: decode -> upload+convert -> infer -> download+convert -> encode, one thread each.
+
+Stages are joined by bounded `FrameQueue`s and pass an end-of-stream marker (`EOS`) when their
+input ends. A stage that fails records the error (the first one is reported, once), aborts the
+queues before it, so upstream stages stop, and still passes `EOS` on, so every frame already past
+it is written and the output is closed playable. Offline runs never drop a frame and batch; live
+runs use batch 1 and drop the oldest waiting frame when inference falls behind.
+
+On a GPU, decoded planes are copied into a ring of pinned host buffers, uploaded on their own CUDA
+stream, converted to float RGB there, restored on an inference stream, converted back to YUV and
+downloaded on a third stream; stages hand each other CUDA events, never a device-wide sync. On a
+CPU the structure is the same with plain buffers.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import torch
+
+from unweather.errors import UnweatherError
+from unweather.redact import redact
+from unweather.stream.colour import (
+    ColourSpec,
+    float_to_rgb8,
+    rgb8_to_float,
+    rgb_output_spec,
+    rgb_to_yuv420,
+    spec_for,
+    yuv420_to_rgb,
+)
+from unweather.stream.config import RunConfig
+from unweather.stream.queues import EOS, Aborted, BufferRing, FrameQueue
+from unweather.stream.sinks import Sink
+from unweather.stream.sources import Source, SourceFrame
+from unweather.stream.stats import STAGES, LatencyWindow, RunStats
+
+logger = logging.getLogger(__name__)
+
+_YUV_FORMATS = ("yuv420p", "yuvj420p")
+_RGB_FORMATS = ("rgb24", "bgr24", "rgba", "bgra", "argb", "abgr", "rgb0", "bgr0", "0rgb", "0bgr", "gbrp",
+                "rgb48le", "rgb48be", "gbrp10le", "gbrp12le", "gbrp16le", "gbrap")
+
+
+class State(enum.Enum):
+    """Where a pipeline is in its life."""
+
+    NEW = "new"
+    RUNNING = "running"
+    DRAINING = "draining"  # input ended or stop asked: queued frames are being finished
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@dataclass
+class _Frame:
+    """One frame in flight: id, timestamps, and the host buffer holding its decoded planes."""
+
+    id: int
+    pts: int
+    time_base: Fraction
+    arrival: float
+    name: str | None
+    key: tuple
+    host: dict[str, torch.Tensor] | None
+
+
+@dataclass
+class _Batch:
+    frames: list[_Frame]
+    tensor: torch.Tensor
+    ready: Any  # a CUDA event recorded after `tensor` was written, or None on the CPU
+
+
+@dataclass
+class _Out:
+    frame: _Frame
+    key: tuple
+    host: dict[str, torch.Tensor]
+
+
+def _plane_names(key: tuple) -> tuple[str, ...]:
+    return ("rgb",) if key[0] == "rgb" else ("y", "u", "v")
+
+
+class Pipeline:
+    """One run of `source` through `engine` into `sink`; call `run()` once.
+
+    Args:
+        source, sink: opened input and output.
+        engine: the restoring engine (its device decides the GPU or CPU path).
+        config: the run's settings.
+        live: live mode (drop oldest, batch 1) rather than offline.
+        stop_event: set from anywhere to stop reading; queued frames are still finished.
+    """
+
+    def __init__(self, source: Source, sink: Sink, engine: Any, config: RunConfig, live: bool,
+                 stop_event: threading.Event) -> None:
+        self.source = source
+        self.sink = sink
+        self.engine = engine
+        self.config = config
+        self.live = live
+        self.stop_event = stop_event
+        self.device = torch.device(engine.device)
+        self.cuda = self.device.type == "cuda"
+        self.batch = 1 if live else config.batch
+        self.state = State.NEW
+        self.wait = config.stall_timeout
+        if source.live and hasattr(config, "give_up_after"):
+            # A reconnecting source may be silent for this long without the run being stalled.
+            self.wait = max(self.wait, config.give_up_after + 2 * config.open_timeout + 60.0)
+        cap = max(config.queue_size, 2 * self.batch)
+        if live:
+            self.q_dec = FrameQueue("decode", 2, drop_oldest=True, on_drop=self._release_frame)
+            self.q_up = FrameQueue("upload", 1, drop_oldest=True)
+            self.q_inf = FrameQueue("infer", 2)
+            self.q_enc = FrameQueue("encode", 4)
+        else:
+            self.q_dec = FrameQueue("decode", cap)
+            self.q_up = FrameQueue("upload", 2)
+            self.q_inf = FrameQueue("infer", 2)
+            self.q_enc = FrameQueue("encode", cap)
+        self.in_ring = BufferRing("input", self.q_dec.capacity + self.batch + 2, self._make_host)
+        self.out_ring = BufferRing("output", self.q_enc.capacity + self.batch + 1, self._make_host)
+        if self.cuda:
+            self.s_up = torch.cuda.Stream(self.device)
+            self.s_inf = torch.cuda.Stream(self.device)
+            self.s_down = torch.cuda.Stream(self.device)
+        self.spec: ColourSpec | None = None
+        self.out_spec: ColourSpec | None = None
+        self.kind: str | None = None
+        self.rotation = 0
+        self.frames_in = 0
+        self.frames_out = 0
+        self.interrupted = False
+        self.stopped_early = False
+        self.busy = dict.fromkeys(STAGES, 0.0)
+        self.latency = LatencyWindow()
+        self.error: UnweatherError | None = None
+        self._error_lock = threading.Lock()
+        self._started = 0.0
+        self._bar: Any = None
+
+    # -- buffers -----------------------------------------------------------------------------
+    def _make_host(self, key: tuple) -> dict[str, torch.Tensor]:
+        kind, h, w = key
+        pin = self.cuda
+        if kind == "rgb":
+            return {"rgb": torch.empty((h, w, 3), dtype=torch.uint8, pin_memory=pin)}
+        ch, cw = (h + 1) // 2, (w + 1) // 2
+        return {"y": torch.empty((h, w), dtype=torch.uint8, pin_memory=pin),
+                "u": torch.empty((ch, cw), dtype=torch.uint8, pin_memory=pin),
+                "v": torch.empty((ch, cw), dtype=torch.uint8, pin_memory=pin)}
+
+    def _release_frame(self, item: Any) -> None:
+        if isinstance(item, _Frame) and item.host is not None:
+            self.in_ring.release(item.key, item.host)
+            item.host = None
+
+    # -- stage 1: decode ---------------------------------------------------------------------
+    def _decode(self) -> None:
+        frames = self.source.frames()
+        limit = self.config.max_frames
+        while True:
+            if self.stop_event.is_set():
+                self.interrupted = True
+                break
+            t0 = time.perf_counter()
+            try:
+                sf = next(frames)
+            except StopIteration:
+                break
+            item = self._to_host(sf)
+            self.busy["decode"] += time.perf_counter() - t0
+            self.q_dec.put(item, self.wait)
+            self.frames_in += 1
+            if limit is not None and self.frames_in >= limit:
+                self.stopped_early = True
+                break
+        if self.stop_event.is_set():
+            self.interrupted = True
+        frames.close()
+        if self.frames_in == 0 and not self.interrupted:
+            raise UnweatherError(f"{redact(self.source.description)} has no video frames.")
+
+    def _first_frame(self, sf: SourceFrame) -> None:
+        """Decide the frame layout and colour conversion from the first frame."""
+        payload = sf.payload
+        if isinstance(payload, torch.Tensor) or not hasattr(payload, "format"):
+            self.kind = "rgb"
+            height = payload.shape[0]
+            self.spec = None
+        else:
+            fmt = payload.format.name
+            self.kind = "rgb" if fmt in _RGB_FORMATS else "yuv"
+            height = payload.height
+            self.rotation = round(getattr(payload, "rotation", 0) or 0) % 360
+            if self.kind == "yuv":
+                self.spec = spec_for(payload.colorspace, payload.color_range, fmt, height,
+                                     payload.color_primaries, payload.color_trc)
+                logger.debug("input colour: %s (%s)", self.spec.describe(), fmt)
+        if not self.sink.wants_rgb:
+            self.out_spec = self.spec if self.spec is not None else rgb_output_spec(height)
+            self.sink.spec = self.out_spec
+            self.sink.rotation = self.rotation
+
+    def _to_host(self, sf: SourceFrame) -> _Frame:
+        import numpy as np
+
+        if self.kind is None:
+            self._first_frame(sf)
+        payload = sf.payload
+        if isinstance(payload, np.ndarray):
+            h, w = payload.shape[:2]
+            key = ("rgb", h, w)
+            host = self.in_ring.acquire(key, self.wait)
+            host["rgb"].numpy()[...] = payload
+        elif self.kind == "rgb":
+            rgb = payload.to_ndarray(format="rgb24")
+            h, w = rgb.shape[:2]
+            key = ("rgb", h, w)
+            host = self.in_ring.acquire(key, self.wait)
+            host["rgb"].numpy()[...] = rgb
+        else:
+            if payload.format.name not in _YUV_FORMATS:
+                payload = payload.reformat(format="yuv420p")
+            h, w = payload.height, payload.width
+            key = ("yuv", h, w)
+            host = self.in_ring.acquire(key, self.wait)
+            for plane, name in zip(payload.planes, ("y", "u", "v")):
+                dst = host[name].numpy()
+                rows, cols = dst.shape
+                src = np.frombuffer(plane, np.uint8, count=plane.line_size * rows).reshape(rows, plane.line_size)
+                dst[...] = src[:, :cols]
+        return _Frame(self.frames_in, sf.pts, sf.time_base, sf.arrival, sf.name, key, host)
+
+    # -- stage 2: upload and convert to float RGB -----------------------------------------------
+    def _upload(self) -> None:
+        carry = None
+        while True:
+            first = carry if carry is not None else self.q_dec.get(self.wait)
+            carry = None
+            if first is EOS:
+                return
+            items = [first]
+            ended = False
+            while len(items) < self.batch:
+                nxt = self.q_dec.get(self.wait)
+                if nxt is EOS:
+                    ended = True
+                    break
+                if nxt.key != first.key:
+                    carry = nxt  # another size: it starts the next batch
+                    break
+                items.append(nxt)
+            t0 = time.perf_counter()
+            batch = self._upload_batch(items)
+            self.busy["upload"] += time.perf_counter() - t0
+            self.q_up.put(batch, self.wait)
+            if ended:
+                return
+
+    def _upload_batch(self, items: list[_Frame]) -> _Batch:
+        key = items[0].key
+        names = _plane_names(key)
+        ready = None
+        if self.cuda:
+            with torch.cuda.stream(self.s_up):
+                planes = []
+                for name in names:
+                    shape = items[0].host[name].shape
+                    dev = torch.empty((len(items), *shape), dtype=torch.uint8, device=self.device)
+                    for i, item in enumerate(items):
+                        dev[i].copy_(item.host[name], non_blocking=True)
+                    planes.append(dev)
+                copied = torch.cuda.Event()
+                copied.record(self.s_up)
+                tensor = self._to_float(key, planes)
+                ready = torch.cuda.Event()
+                ready.record(self.s_up)
+            copied.synchronize()  # the pinned buffers may be reused once their copies are done
+        else:
+            planes = [torch.stack([item.host[name] for item in items]) for name in names]
+        for item in items:
+            self._release_frame(item)
+        if not self.cuda:
+            tensor = self._to_float(key, planes)
+        return _Batch(items, tensor, ready)
+
+    def _to_float(self, key: tuple, planes: list[torch.Tensor]) -> torch.Tensor:
+        if key[0] == "rgb":
+            return rgb8_to_float(planes[0])
+        return yuv420_to_rgb(planes[0], planes[1], planes[2], self.spec)
+
+    # -- stage 3: inference ----------------------------------------------------------------------
+    def _infer(self) -> None:
+        while True:
+            batch = self.q_up.get(self.wait)
+            if batch is EOS:
+                return
+            t0 = time.perf_counter()
+            if self.cuda:
+                with torch.cuda.stream(self.s_inf):
+                    self.s_inf.wait_event(batch.ready)
+                    batch.tensor.record_stream(self.s_inf)
+                    out = self._restore(batch.tensor)
+                    batch.ready = torch.cuda.Event()
+                    batch.ready.record(self.s_inf)
+            else:
+                out = self._restore(batch.tensor)
+            batch.tensor = out
+            self.busy["infer"] += time.perf_counter() - t0
+            self.q_inf.put(batch, self.wait)
+
+    def _restore(self, x: torch.Tensor) -> torch.Tensor:
+        # The network sees the picture upright (rain falls down), as the viewer does.
+        k = (self.rotation // 90) % 4
+        if k:
+            x = torch.rot90(x, k, dims=(-2, -1))
+        with torch.inference_mode():
+            out = self.engine(x)
+            if self.config.side_by_side:
+                out = torch.cat([x, out.to(x.dtype)], dim=-1)
+        if k:
+            out = torch.rot90(out, -k, dims=(-2, -1))
+        return out
+
+    # -- stage 4: convert back and download ------------------------------------------------------
+    def _download(self) -> None:
+        while True:
+            batch = self.q_inf.get(self.wait)
+            if batch is EOS:
+                return
+            t0 = time.perf_counter()
+            outs = self._download_batch(batch)
+            self.busy["download"] += time.perf_counter() - t0
+            for out in outs:
+                self.q_enc.put(out, self.wait)
+
+    def _download_batch(self, batch: _Batch) -> list[_Out]:
+        n, _, h, w = batch.tensor.shape
+        key = ("rgb" if self.sink.wants_rgb else "yuv", h, w)
+        names = _plane_names(key)
+        if self.cuda:
+            with torch.cuda.stream(self.s_down):
+                self.s_down.wait_event(batch.ready)
+                batch.tensor.record_stream(self.s_down)
+                planes = self._from_float(key, batch.tensor)
+                hosts = [self.out_ring.acquire(key, self.wait) for _ in range(n)]
+                for i, host in enumerate(hosts):
+                    for name, plane in zip(names, planes):
+                        host[name].copy_(plane[i], non_blocking=True)
+                done = torch.cuda.Event()
+                done.record(self.s_down)
+            done.synchronize()
+        else:
+            planes = self._from_float(key, batch.tensor)
+            hosts = [self.out_ring.acquire(key, self.wait) for _ in range(n)]
+            for i, host in enumerate(hosts):
+                for name, plane in zip(names, planes):
+                    host[name].copy_(plane[i])
+        return [_Out(frame, key, host) for frame, host in zip(batch.frames, hosts)]
+
+    def _from_float(self, key: tuple, rgb: torch.Tensor) -> list[torch.Tensor]:
+        if key[0] == "rgb":
+            return [float_to_rgb8(rgb)]
+        return list(rgb_to_yuv420(rgb, self.out_spec))
+
+    # -- stage 5: encode and mux -----------------------------------------------------------------
+    def _encode(self) -> None:
+        try:
+            while True:
+                out = self.q_enc.get(self.wait)
+                if out is EOS:
+                    return
+                t0 = time.perf_counter()
+                planes = tuple(out.host[name].numpy() for name in _plane_names(out.key))
+                frame = out.frame
+                self.sink.write(planes, frame.pts, frame.time_base, frame.name)
+                self.out_ring.release(out.key, out.host)
+                now = time.monotonic()
+                self.busy["encode"] += time.perf_counter() - t0
+                self.latency.add(now - frame.arrival)
+                self.frames_out += 1
+                if self._bar is not None:
+                    self._bar.update(1)
+        finally:
+            if self.sink.frames_written:
+                complete = self.source.finished and not (self.interrupted or self.stopped_early)
+                t0 = time.perf_counter()
+                self.sink.close(complete)
+                self.busy["encode"] += time.perf_counter() - t0
+
+    # -- orchestration ---------------------------------------------------------------------------
+    def _fail(self, stage: str, exc: BaseException) -> None:
+        with self._error_lock:
+            if self.error is not None:
+                logger.debug("after the first error, %s also failed: %r", stage, exc)
+                return
+            logger.debug("%s stage failed", stage, exc_info=exc)
+            self.error = _as_user_error(stage, exc, self)
+            self.state = State.FAILED
+
+    def _stage_main(self, name: str, body: Callable[[], None], upstream: list[Any],
+                    outq: FrameQueue | None) -> None:
+        failed = False
+        try:
+            body()
+        except Aborted:
+            failed = True
+        except BaseException as exc:  # noqa: BLE001 - every stage error is reported once, by run()
+            failed = True
+            self._fail(name, exc)
+        finally:
+            if failed:
+                # Upstream stops; downstream still finishes what it holds.
+                for handle in upstream:
+                    handle.abort() if hasattr(handle, "abort") else handle()
+            if self.state == State.RUNNING:
+                self.state = State.DRAINING
+            if outq is not None:
+                outq.put_eos()
+
+    def abort(self) -> None:
+        """Stop every stage now (queued frames are not finished; the output is still closed)."""
+        self.source.stop()
+        for handle in (self.q_dec, self.q_up, self.q_inf, self.q_enc, self.in_ring, self.out_ring):
+            handle.abort()
+
+    def run(self) -> RunStats:
+        """Run to the end of the input (or a stop or error) and return the statistics.
+
+        Raises:
+            UnweatherError: the first error of any stage, after the output was closed.
+        """
+        self._bar = self._progress()
+        stages = [
+            ("decode", self._decode, [self.source.stop], self.q_dec),
+            ("upload", self._upload, [self.q_dec, self.in_ring], self.q_up),
+            ("infer", self._infer, [self.q_up], self.q_inf),
+            ("download", self._download, [self.q_inf], self.q_enc),
+            ("encode", self._encode, [self.q_enc, self.out_ring], None),
+        ]
+        threads = [threading.Thread(target=self._stage_main, args=stage, name=f"unweather-{stage[0]}", daemon=True)
+                   for stage in stages]
+        self.state = State.RUNNING
+        self._started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                thread.join()
+        except BaseException:
+            # A second Ctrl-C or an error in the caller: stop now, close the output, re-raise.
+            self.interrupted = True
+            self.abort()
+            for thread in threads:
+                thread.join(30.0)
+            raise
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+            elapsed = time.monotonic() - self._started
+            if self.state != State.FAILED:
+                self.state = State.STOPPED
+        return self._stats(elapsed)
+
+    def _progress(self) -> Any:
+        if not self.config.progress or not sys.stderr.isatty():
+            return None
+        from tqdm import tqdm
+
+        total = self.source.total
+        if total and self.config.max_frames:
+            total = min(total, self.config.max_frames)
+        return tqdm(total=total, unit="frame", file=sys.stderr, dynamic_ncols=True, leave=False,
+                    desc=os.path.basename(redact(self.source.description))[:30] or "frames")
+
+    def _stats(self, elapsed: float) -> RunStats:
+        queues = {}
+        dropped = 0
+        for q in (self.q_dec, self.q_up, self.q_inf, self.q_enc):
+            queues[q.name] = {"capacity": q.capacity, "max_depth": q.max_depth,
+                              "mean_depth": round(q.mean_depth, 3), "dropped": q.dropped}
+            dropped += q.dropped * (1 if q is self.q_dec else self.batch)
+        return RunStats(
+            mode="live" if self.live else "offline",
+            engine=_describe_engine(self.engine),
+            frames_in=self.frames_in,
+            frames_out=self.frames_out,
+            dropped=dropped,
+            elapsed_s=round(elapsed, 4),
+            fps=round(self.frames_out / elapsed, 3) if elapsed > 0 else 0.0,
+            stage_s={k: round(v, 4) for k, v in self.busy.items()},
+            latency_ms=self.latency.percentiles(),
+            queues=queues,
+            restarts=self.source.restarts,
+            width=self.source.width,
+            height=self.source.height,
+            batch=self.batch,
+            interrupted=self.interrupted,
+            error=str(self.error) if self.error else None,
+        )
+
+
+def _describe_engine(engine: Any) -> str:
+    describe = getattr(engine, "describe", None)
+    return describe() if callable(describe) else type(engine).__name__
+
+
+def _as_user_error(stage: str, exc: BaseException, pipeline: Pipeline) -> UnweatherError:
+    """One sentence for a stage's failure."""
+    import av
+
+    if isinstance(exc, UnweatherError):
+        return UnweatherError(redact(str(exc)))
+    what = redact(pipeline.source.description)
+    if stage == "decode" and isinstance(exc, (av.error.FFmpegError, OSError, ValueError)):
+        return UnweatherError(f"cannot decode {what}: {redact(getattr(exc, 'strerror', None) or str(exc))}.")
+    if stage == "encode" and isinstance(exc, (av.error.FFmpegError, OSError)):
+        return UnweatherError(f"cannot write {redact(pipeline.sink.target)}: "
+                              f"{redact(getattr(exc, 'strerror', None) or str(exc))}.")
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return UnweatherError(f"out of memory in the {stage} stage ({pipeline.source.width}x"
+                              f"{pipeline.source.height} frames, batch {pipeline.batch}): use a smaller --batch "
+                              "or a smaller model.")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return UnweatherError(f"the {stage} stage failed: {type(exc).__name__}: {redact(first)}")

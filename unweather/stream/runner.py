@@ -1,0 +1,189 @@
+"""`run`: open the input, the output and the engine, run the pipeline, report the statistics."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from unweather.errors import UnweatherError
+from unweather.redact import redact
+from unweather.stream.config import RunConfig
+from unweather.stream.sinks import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageSink, Sink, VideoSink
+from unweather.stream.sources import ImageSource, Source, is_device, is_url, open_source
+from unweather.stream.stats import RunStats
+
+logger = logging.getLogger(__name__)
+
+_OUTPUT_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "srt")
+
+
+def open_engine(config: RunConfig) -> Any:
+    """The engine `config` asks for, via `unweather.engine.open`; logs which model it uses."""
+    import unweather.engine as engines
+
+    model = config.model
+    if model is None:
+        default = getattr(engines, "default_model", None)
+        model = default(config.device) if default is not None else "identity"
+        logger.info("model: %s (the default; choose one with --model)", model)
+    params = inspect.signature(engines.open).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs: dict[str, Any] = {}
+    if config.backend and (config.backend != "auto" or getattr(params.get("backend"), "default", None) == "auto"):
+        kwargs["backend"] = config.backend
+    if config.precision:
+        kwargs["precision"] = config.precision
+    if config.device:
+        kwargs["device"] = config.device
+    if config.trust_checkpoint:
+        if "trusted" not in params and not takes_any:
+            raise UnweatherError("this engine cannot load untrusted checkpoints.")
+        kwargs["trusted"] = True
+    engine = engines.open(model, **kwargs)
+    describe = getattr(engine, "describe", None)
+    logger.info("model %s: %s", model, describe() if callable(describe) else type(engine).__name__)
+    return engine
+
+
+def is_live(spec: str, config: RunConfig) -> bool:
+    """Live mode for network URLs and capture devices unless the config says otherwise."""
+    if config.mode != "auto":
+        return config.mode == "live"
+    return is_url(spec) or is_device(spec)
+
+
+def default_output(spec: str, live: bool = False) -> str:
+    """A name beside the input: clip.mp4 -> clip.unweather.mp4, photos/ -> photos.unweather/.
+
+    URLs and capture devices record into unweather-YYYYmmdd-HHMMSS.mkv in the current folder
+    (Matroska: playable even if the process is killed).
+    """
+    if is_url(spec) or is_device(spec) or "://" in spec:
+        return time.strftime("unweather-%Y%m%d-%H%M%S.mkv")
+    path = spec.rstrip("/" + os.sep) or spec
+    if os.path.isdir(path):
+        return path + ".unweather" + os.sep
+    stem, ext = os.path.splitext(path)
+    ext = ext.lower()
+    if ext in IMAGE_SUFFIXES:
+        return f"{stem}.unweather{ext}"
+    if ext in (".mp4", ".m4v", ".mov"):
+        return f"{stem}.unweather{'.mkv' if live else ext}"
+    return f"{stem}.unweather.mkv"  # Matroska holds any audio codec the input may have
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.exists(b) and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def open_sink(output: str, source: Source, config: RunConfig, live: bool, gpu: bool) -> Sink:
+    """The output `output` names: a media server URL, a video file, an image, or a folder of images."""
+    scheme = output.partition("://")[0].lower() if "://" in output else ""
+    if scheme:
+        if scheme not in _OUTPUT_SCHEMES:
+            raise UnweatherError(f"cannot publish to {redact(output)}: use an rtsp://, rtmp:// or srt:// URL.")
+        return VideoSink(output, source, live=True, codec=config.codec, crf=config.crf, preset=config.preset,
+                         gpu=gpu, network_options=config.network_options())
+    ext = os.path.splitext(output)[1].lower()
+    if output.endswith(("/", os.sep)) or os.path.isdir(output) or not ext:
+        return ImageSink(output, folder=True)
+    if ext in IMAGE_SUFFIXES:
+        if isinstance(source, ImageSource) and not source.single:
+            raise UnweatherError(f"{output} is one image but the input is a folder: give a folder as output.")
+        if not isinstance(source, ImageSource) and source.total != 1:
+            raise UnweatherError(f"{output} is one image but the input is a video: give a folder as output.")
+        return ImageSink(output, folder=False)
+    if ext in VIDEO_SUFFIXES:
+        return VideoSink(output, source, live=live, codec=config.codec, crf=config.crf, preset=config.preset, gpu=gpu)
+    raise UnweatherError(f"cannot tell what to write from {output!r}: use .mp4, .mkv, .mov, .ts, an image "
+                         "extension, a folder ending in '/', or an rtsp/rtmp/srt URL.")
+
+
+def _engine_on_gpu(engine: Any) -> bool:
+    device = getattr(engine, "device", None)
+    return getattr(device, "type", str(device)) == "cuda"
+
+
+def write_stats(stats: RunStats, path: str) -> None:
+    """Write `stats` as JSON (atomically: a temporary file renamed)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(stats.to_dict(), f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UnweatherError(f"cannot write the stats file {path}: {exc.strerror or exc}.") from None
+
+
+def run(input: str, output: str | None = None, config: RunConfig | None = None, engine: Any = None,
+        stop_event: threading.Event | None = None) -> RunStats:
+    """Restore `input` into `output` and return the run's statistics.
+
+    Args:
+        input: a video file, image, folder of images, capture device (/dev/videoN) or network URL.
+        output: a video file (.mp4 .mkv .mov .ts), image, folder (ends in '/'), or rtsp/rtmp/srt URL;
+            None: a name beside the input (see `default_output`).
+        config: the settings (None: defaults).
+        engine: an open engine to use as is (e.g. one built once for many files); None opens the one
+            `config` asks for, and closes it at the end.
+        stop_event: set it from any thread to stop reading; frames already read are finished and the
+            output is closed, playable.
+
+    Raises:
+        UnweatherError: bad input, unwritable output, or a failure while running (the output then
+            holds every frame written before it).
+    """
+    from unweather.stream.pipeline import Pipeline
+
+    config = config or RunConfig()
+    config.validate()
+    spec = os.fspath(input)
+    live = is_live(spec, config)
+    if output is None:
+        output = default_output(spec, live)
+        logger.info("writing %s", redact(output))
+    output = os.fspath(output)
+    if "://" not in output and "://" not in spec and _same_file(spec, output):
+        raise UnweatherError(f"the output {output} is the input: choose another name.")
+    own_event = stop_event is None
+    stop_event = threading.Event() if stop_event is None else stop_event
+    wants_audio = "://" not in output and os.path.splitext(output)[1].lower() in VIDEO_SUFFIXES
+    source = open_source(spec, config, live, wants_audio, stop_event, own_event)
+    sink: Sink | None = None
+    owned = engine is None
+    try:
+        sink = open_sink(output, source, config, live, gpu=False)
+        if engine is None:
+            engine = open_engine(config)
+        if isinstance(sink, VideoSink):
+            sink.gpu = _engine_on_gpu(engine)
+        pipeline = Pipeline(source, sink, engine, config, live, stop_event)
+        logger.debug("%s -> %s: %s mode", redact(spec), redact(output), "live" if live else "offline")
+        stats = pipeline.run()
+    except BaseException:
+        if sink is not None and not sink.frames_written:
+            sink.discard()
+        raise
+    finally:
+        source.close()
+        if owned and engine is not None:
+            engine.close()
+    if not sink.frames_written:
+        sink.discard()
+    stats.input = redact(spec)
+    stats.output = redact(output)
+    stats.model = config.model or ""
+    if config.stats_path:
+        write_stats(stats, config.stats_path)
+    if stats.error:
+        raise UnweatherError(stats.error)
+    return stats

@@ -1,0 +1,101 @@
+"""What a run measured: frames, drops, FPS, per-stage time, end-to-end latency percentiles, queue depths."""
+
+from __future__ import annotations
+
+import threading
+from array import array
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+STAGES = ("decode", "upload", "infer", "download", "encode")
+# Latency percentiles are taken over the most recent frames, so week-long runs keep memory flat.
+LATENCY_WINDOW = 100_000
+
+
+class LatencyWindow:
+    """The last `LATENCY_WINDOW` per-frame latencies (seconds), kept in a fixed array."""
+
+    def __init__(self, size: int = LATENCY_WINDOW) -> None:
+        self.size = size
+        self.count = 0
+        self._values = array("d", bytes(8 * size))
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        with self._lock:
+            self._values[self.count % self.size] = seconds
+            self.count += 1
+
+    def percentiles(self) -> dict[str, float | None]:
+        """p50, p95, p99, mean and max in milliseconds (None without frames)."""
+        import numpy as np
+
+        with self._lock:
+            n = min(self.count, self.size)
+            values = np.frombuffer(self._values, dtype=np.float64)[:n].copy()
+        if n == 0:
+            return {"p50": None, "p95": None, "p99": None, "mean": None, "max": None}
+        p50, p95, p99 = np.percentile(values, [50, 95, 99]) * 1000.0
+        return {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3),
+                "mean": round(float(values.mean() * 1000.0), 3), "max": round(float(values.max() * 1000.0), 3)}
+
+
+@dataclass
+class RunStats:
+    """The statistics of one run (see `to_dict`).
+
+    Attributes:
+        input, output: what was read and written (URLs redacted).
+        mode: "live" or "offline".
+        model, engine: the model argument and the engine's description.
+        frames_in: frames decoded; frames_out: frames written; dropped: frames dropped (live mode).
+        elapsed_s: from the first frame decoded to the output closed.
+        fps: frames_out / elapsed_s.
+        stage_s: busy seconds per stage (waiting on queues excluded).
+        latency_ms: end-to-end latency per frame (decode, or packet arrival when live, to written).
+        queues: per queue: capacity, max and mean depth, frames dropped.
+        restarts: reconnections of a network source.
+        width, height: input frame size; batch: frames per inference call.
+        interrupted: the run was stopped before its input ended.
+        error: the error that ended the run, if any.
+    """
+
+    input: str = ""
+    output: str = ""
+    mode: str = "offline"
+    model: str = ""
+    engine: str = ""
+    frames_in: int = 0
+    frames_out: int = 0
+    dropped: int = 0
+    elapsed_s: float = 0.0
+    fps: float = 0.0
+    stage_s: dict[str, float] = field(default_factory=dict)
+    latency_ms: dict[str, float | None] = field(default_factory=dict)
+    queues: dict[str, dict[str, float]] = field(default_factory=dict)
+    restarts: int = 0
+    width: int | None = None
+    height: int | None = None
+    batch: int = 1
+    interrupted: bool = False
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field; `frames` is `frames_out`."""
+        data = asdict(self)
+        data["frames"] = self.frames_out
+        return data
+
+    def summary(self) -> str:
+        """A few lines for people."""
+        lat = self.latency_ms
+        head = (f"{self.frames_out} frames written ({self.frames_in} read, {self.dropped} dropped) in "
+                f"{self.elapsed_s:.2f} s: {self.fps:.1f} FPS, {self.mode} mode, {self.engine}")
+        lines = [head]
+        if lat.get("p50") is not None:
+            lines.append(f"latency p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms")
+        busy = ", ".join(f"{k} {v:.2f} s" for k, v in self.stage_s.items())
+        lines.append(f"stage time: {busy}")
+        if self.restarts:
+            lines.append(f"source reconnected {self.restarts} time(s)")
+        return "\n".join(lines)
