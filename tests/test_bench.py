@@ -72,6 +72,10 @@ def test_results_file_has_machine_config_and_measurements(bench_run):
     assert eng["fps"] == statistics.median(eng["fps_per_repeat"])
     assert base["resources"]["rss_peak_mb"] >= base["resources"]["rss_before_mb"] > 0
 
+    pipe = base["pipeline"]
+    assert pipe["status"] == "ok" and pipe["frames"] == [3, 3] and len(pipe["fps_per_repeat"]) == 2
+    assert pipe["fps"] > 0 and 0 < pipe["latency_ms"]["p50"] <= pipe["latency_ms"]["p99"]
+
 
 def test_ratios_are_exact_for_the_baseline_and_computed_from_medians(bench_run):
     _, payload, _ = bench_run
@@ -79,9 +83,12 @@ def test_ratios_are_exact_for_the_baseline_and_computed_from_medians(bench_run):
     assert base["engine"]["x_vs_baseline"] == 1.0
     measured = [r for r in payload["results"] if r["status"] == "ok"]
     assert len(measured) >= 1
+    assert base["pipeline"]["x_vs_baseline"] == 1.0
     for row in measured:
         expected = base["engine"]["latency_ms"]["median"] / row["engine"]["latency_ms"]["median"]
         assert math.isclose(row["engine"]["x_vs_baseline"], expected, rel_tol=1e-12)
+        expected = row["pipeline"]["fps"] / base["pipeline"]["fps"]
+        assert math.isclose(row["pipeline"]["x_vs_baseline"], expected, rel_tol=1e-12)
 
 
 def test_unavailable_combination_is_skipped_with_reason_and_the_rest_run(bench_run):
@@ -89,8 +96,7 @@ def test_unavailable_combination_is_skipped_with_reason_and_the_rest_run(bench_r
     trt = _rows(payload, backend="tensorrt")[0]
     assert trt["status"] == "skipped" and "TensorRT" in trt["reason"]
     ort = _rows(payload, backend="onnxruntime")[0]
-    # Measured where the engine offers ONNX Runtime; otherwise reported, never passed off as torch.
-    assert ort["status"] == "ok" or ort["reason"]
+    assert ort["status"] == "ok" and ort["engine_device"] == "cpu" and ort["engine"]["x_vs_baseline"] > 0
 
 
 def test_markdown_and_plot_are_written(bench_run):
@@ -241,6 +247,8 @@ def test_save_results_adds_machine_info_and_writes_strict_json(tmp_path):
 
 
 def test_bad_arguments_are_one_line_errors(capsys):
-    assert main(["bench", "--resolutions", "big", "--no-progress"]) == 1
+    assert main(["bench", "--models", "identity", "--resolutions", "big", "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("unweather: error:") and "WIDTHxHEIGHT" in err and len(err.splitlines()) == 1
+    assert main(["bench", "--models", "identity", "--backends", "tensorflow", "--no-progress"]) == 1
+    assert "known backends: torch, onnxruntime, tensorrt" in capsys.readouterr().err
