@@ -268,12 +268,228 @@ def main() -> int:
     return 0
 
 
-def pipeline_faults(workdir: Path) -> dict[str, Any]:  # filled in below once `unweather run` exists
-    return {"faults": []}
+class _Cli:
+    """`unweather run` in a subprocess with its stderr collected."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "unweather.cli", "run", *args],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_line(self, text: str, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if any(text in line for line in self.lines):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            return None
+        self._thread.join(10)
+        return code
 
 
-def soak(workdir: Path, frames: int, fps: int) -> dict[str, Any]:  # filled in below
-    return {}
+def _stats(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _make_clip(path: Path, frames: int, size: tuple[int, int] = (160, 96), rate: int = 25) -> None:
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=rate, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for i in range(frames):
+            img = np.zeros((size[1], size[0], 3), np.uint8)
+            img[..., 1] = (np.arange(size[0]) * 3 + i * 5) % 256
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+
+
+def pipeline_faults(workdir: Path) -> dict[str, Any]:
+    """Faults during `unweather run`: camera restarts, a camera gone for good, SIGINT/SIGTERM, SIGKILL."""
+    net = ["--model", "identity", "--open-timeout", "2", "--read-timeout", "2", "--stall-timeout", "4"]
+    faults: list[dict[str, Any]] = []
+
+    # 1. The camera is killed and comes back three times during one recording.
+    server = RtspServer(workdir, user="viewer", password="hunter2").start()
+    out, stats = workdir / "restarts.mkv", workdir / "restarts.json"
+    cli = _Cli(server.url("viewer:hunter2"), "-o", str(out), "--max-frames", "400", "--stats", str(stats),
+               "--give-up-after", "60", *net)
+    cli.wait_line("receiving")
+    for _ in range(3):
+        time.sleep(3.0)
+        server.kill()
+        time.sleep(2.0)
+        server.start()
+    code = cli.wait(120)
+    server.kill()
+    report = _stats(stats)
+    in_file = _ffprobe_frames(out)
+    faults.append({
+        "fault": "camera killed and restarted 3 times during a live recording",
+        "exit_code": code, "restarts": report.get("restarts"), "frames_in": report.get("frames_in"),
+        "frames_out": report.get("frames_out"), "dropped_live": report.get("dropped"), "frames_in_file": in_file,
+        "summary": f"exit {code}, {report.get('restarts')} reconnects, one file with {in_file} frames of "
+                   f"{report.get('frames_out')} written ({report.get('dropped')} dropped by live mode).",
+        "stderr_has_secret": "hunter2" in "\n".join(cli.lines) or "hunter2" in json.dumps(report)})
+
+    # 2. The camera never comes back: the run ends after --give-up-after with one line and a good file.
+    server = RtspServer(workdir, user="viewer", password="hunter2").start()
+    out, stats = workdir / "gone.mkv", workdir / "gone.json"
+    cli = _Cli(server.url("viewer:hunter2"), "-o", str(out), "--stats", str(stats), "--give-up-after", "5", *net)
+    cli.wait_line("receiving")
+    time.sleep(2.0)
+    server.kill()
+    gone = time.monotonic()
+    code = cli.wait(60)
+    took = time.monotonic() - gone
+    errors = [line for line in cli.lines if line.startswith("unweather: error:")]
+    in_file = _ffprobe_frames(out)
+    faults.append({
+        "fault": "camera gone for good (--give-up-after 5)", "exit_code": code, "ended_after_s": round(took, 1),
+        "error_lines": errors, "frames_in_file": in_file,
+        "summary": f"run ended {took:.1f} s after the camera died (exit {code}) with "
+                   f"{len(errors)} error line; the file plays with {in_file} frames.",
+        "stderr_has_secret": "hunter2" in "\n".join(cli.lines)})
+
+    # 3. SIGINT and SIGTERM during an offline file run.
+    clip = workdir / "clip.mp4"
+    _make_clip(clip, 3000)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        out, stats = workdir / f"file-{sig.name}.mp4", workdir / f"file-{sig.name}.json"
+        cli = _Cli(str(clip), "-o", str(out), "--model", "identity", "--stats", str(stats))
+        cli.wait_line("encoding")
+        time.sleep(1.5)
+        cli.proc.send_signal(sig)
+        code = cli.wait(60)
+        report = _stats(stats)
+        in_file = _ffprobe_frames(out)
+        faults.append({
+            "fault": f"{sig.name} during a file run", "exit_code": code, "frames_out": report.get("frames_out"),
+            "frames_in_file": in_file,
+            "summary": f"exit {code}; the output plays and holds {in_file} frames, the run wrote "
+                       f"{report.get('frames_out')} ({(report.get('frames_out') or 0) - (in_file or 0)} lost)."})
+
+    # 4. SIGKILL during a live recording.
+    server = RtspServer(workdir).start()
+    out = workdir / "killed.mkv"
+    cli = _Cli(server.url(), "-o", str(out), *net)
+    cli.wait_line("receiving")
+    time.sleep(6.0)
+    cli.proc.send_signal(signal.SIGKILL)
+    cli.wait(10)
+    server.kill()
+    in_file = _ffprobe_frames(out)
+    size = out.stat().st_size if out.exists() else 0
+    faults.append({
+        "fault": "SIGKILL 6 s into a live recording", "frames_in_file": in_file, "file_bytes": size,
+        "summary": (f"the file plays with {in_file} frames up to the last fragment." if in_file else
+                    f"the file is not playable ({size} bytes on disk): the live writer buffers its output.")})
+    return {"faults": faults}
+
+
+class _LatencySeries:
+    """Stands in for the pipeline's latency window and also keeps (time, latency) for every frame."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.series: list[tuple[float, float]] = []
+
+    def add(self, seconds: float) -> None:
+        self.inner.add(seconds)
+        self.series.append((time.monotonic(), seconds))
+
+    def percentiles(self) -> dict[str, float | None]:
+        return self.inner.percentiles()
+
+
+def soak(workdir: Path, frames: int, fps: int, size: str = "160x96") -> dict[str, Any]:
+    """`frames` frames from a live RTSP camera through the live pipeline (identity); RSS and latency over time."""
+    import numpy as np
+    import psutil
+
+    from unweather.stream.config import RunConfig
+    from unweather.stream.pipeline import Pipeline
+    from unweather.stream.runner import open_engine, open_sink
+    from unweather.stream.sources import open_source
+
+    process = psutil.Process()
+    rss_before = process.memory_info().rss
+    server = RtspServer(workdir, fps=fps, size=size, user="viewer", password="hunter2").start()
+    config = RunConfig(model="identity", mode="live", max_frames=frames, progress=False, open_timeout=5.0,
+                       read_timeout=5.0, give_up_after=60.0)
+    stop = threading.Event()
+    source = open_source(server.url("viewer:hunter2"), config, True, False, stop)
+    out = workdir / "soak.mkv"
+    sink = open_sink(str(out), source, config, True, gpu=False)
+    engine = open_engine(config)
+    pipeline = Pipeline(source, sink, engine, config, True, stop)
+    recorder = _LatencySeries(pipeline.latency)
+    pipeline.latency = recorder
+    rss: list[tuple[float, int]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(1.0):
+            rss.append((time.monotonic(), process.memory_info().rss))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.monotonic()
+    try:
+        stats = pipeline.run()
+    finally:
+        done.set()
+        sampler.join(5)
+        source.close()
+        engine.close()
+        server.kill()
+    seconds = time.monotonic() - start
+    series = recorder.series
+    # RSS "start" is taken once the first 5 % of frames are through (buffers, encoder and caches allocated).
+    warm_t = series[max(0, len(series) // 20 - 1)][0] if series else start
+    warm = [r for t, r in rss if t >= warm_t] or [r for _, r in rss]
+    windows = []
+    for chunk in np.array_split(np.array([lat for _, lat in series]) * 1000.0, 10):
+        if len(chunk):
+            windows.append({"frames": len(chunk), "p50_ms": round(float(np.percentile(chunk, 50)), 2),
+                            "p99_ms": round(float(np.percentile(chunk, 99)), 2)})
+    mb = 1024 * 1024
+    result = {
+        "frames": stats.frames_in, "frames_out": stats.frames_out, "dropped": stats.dropped,
+        "restarts": stats.restarts, "size": size, "camera_fps": fps, "seconds": round(seconds, 1),
+        "rss_before_mb": round(rss_before / mb, 1),
+        "rss_start_mb": round(warm[0] / mb, 1) if warm else None,
+        "rss_end_mb": round(warm[-1] / mb, 1) if warm else None,
+        "rss_max_mb": round(max(warm) / mb, 1) if warm else None,
+        "latency_windows": windows,
+        "latency_ms": stats.latency_ms,
+        "frames_in_file": _ffprobe_frames(out),
+    }
+    result["rss_drift_mb"] = round(result["rss_end_mb"] - result["rss_start_mb"], 1) if warm else None
+    if windows:
+        result["latency_first"] = f"{windows[0]['p50_ms']:.1f}/{windows[0]['p99_ms']:.1f}"
+        result["latency_last"] = f"{windows[-1]['p50_ms']:.1f}/{windows[-1]['p99_ms']:.1f}"
+    return result
 
 
 if __name__ == "__main__":
