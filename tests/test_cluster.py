@@ -240,3 +240,22 @@ def test_pool_shape_asks_for_gpu_shares_and_no_cpu():
     assert _pool_shape(ArchiveOptions(gpus_per_actor=0.5), {"CPU": 16, "GPU": 2}, 100) == (4, 0.5, 0.0)
     assert _pool_shape(ArchiveOptions(gpus_per_actor=0.5), {"CPU": 16, "GPU": 2}, 3) == (3, 0.5, 0.0)
     assert _pool_shape(ArchiveOptions(), {"CPU": 8}, 100) == (4, 0.0, 1.0)
+
+
+def test_ray_options_parse():
+    import argparse
+
+    from unweather.cluster.cli import AUTO, add_ray_arguments, split_address
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("inputs", nargs="*")
+    add_ray_arguments(parser)
+    args = parser.parse_args(["a.mp4", "--ray", "--chunk-seconds", "60", "--resume", "--max-failed", "2"])
+    assert (args.ray, args.chunk_seconds, args.resume, args.max_failed) == (AUTO, 60.0, True, 2)
+    args = parser.parse_args(["--ray", "10.0.0.1:6379", "a.mp4"])
+    assert args.ray == "10.0.0.1:6379" and args.inputs == ["a.mp4"] and args.max_failed is None
+    assert parser.parse_args(["a.mp4"]).ray is None
+    assert split_address(AUTO, ["a.mp4"]) == (None, ["a.mp4"])
+    assert split_address("head:6379", ["a.mp4"]) == ("head:6379", ["a.mp4"])
+    assert split_address("ray://10.0.0.1:10001", []) == ("ray://10.0.0.1:10001", [])
+    assert split_address("b.mp4", ["a.mp4"]) == (None, ["b.mp4", "a.mp4"])

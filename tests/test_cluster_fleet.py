@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
 import av
-import numpy as np
 import pytest
 from netservers import RtspServer, requires_gst_rtsp, wait_for
 
 from unweather.cluster.ray_fleet import Fleet, FleetOptions, segment_paths
 from unweather.cluster.sources import Source
+from unweather.stream import RunConfig
 
 try:
     import ray
@@ -26,42 +24,9 @@ except ImportError:  # the [ray] extra is optional
 pytestmark = [pytest.mark.ray, pytest.mark.rtsp]
 
 
-@dataclasses.dataclass
-class FakeConfig:
-    """Stands in for RunConfig."""
-
-    fps: int = 15
-
-
-def record(src: str, dst: str, config: FakeConfig | None = None, engine=None, stop_event=None) -> dict:
-    """A stand-in live pipeline: network frames through the engine into MPEG-TS, flushed per packet."""
-    import torch
-
-    from unweather.stream.network import TIME_BASE, NetworkOptions, NetworkSource
-
-    source = NetworkSource(src, NetworkOptions(open_timeout=5, read_timeout=5, stall_timeout=5,
-                                               give_up_after=20), stop_event=stop_event)
-    frames = 0
-    try:
-        with av.open(dst, "w", format="mpegts", options={"flush_packets": "1"}) as out:
-            video = None
-            for frame, _ in source.frames():
-                if video is None:
-                    video = out.add_stream("libx264", rate=15)
-                    video.width, video.height, video.pix_fmt = frame.width, frame.height, "yuv420p"
-                    video.options = {"preset": "ultrafast", "tune": "zerolatency", "g": "15"}
-                    video.codec_context.time_base = TIME_BASE
-                x = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)[None].float() / 255
-                y = (engine(x)[0].permute(1, 2, 0) * 255).round().byte().numpy()
-                new = av.VideoFrame.from_ndarray(np.ascontiguousarray(y), format="rgb24")
-                new.pts, new.time_base = frame.pts, TIME_BASE
-                out.mux(video.encode(new))
-                frames += 1
-            if video is not None:
-                out.mux(video.encode())
-    finally:
-        source.close()
-    return {"frames": frames, "dropped": 0}
+def live_config() -> RunConfig:
+    return RunConfig(model="identity", progress=False, open_timeout=5, read_timeout=5, stall_timeout_network=5,
+                     give_up_after=30)
 
 
 @pytest.fixture
@@ -82,7 +47,6 @@ def cluster():
         c.add_node(num_cpus=0, num_gpus=1, object_store_memory=small)
     c.wait_for_nodes(timeout=60)
     c.connect(namespace="unweather")
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     try:
         yield c
     finally:
@@ -101,16 +65,21 @@ def plays(path: str) -> int:
 
 
 def test_cameras_come_back_after_a_kill_and_a_lost_node(cluster, tmp_path):
-    servers = [RtspServer(tmp_path, name=f"cam{i}", size="96x64", fps=15).start() for i in range(2)]
+    servers = [RtspServer(tmp_path, name=f"cam{i}", size="160x96", fps=15) for i in range(2)]
+    for server in servers:
+        # Noise: a camera's real bitrate, so the recording reaches the disk within seconds.
+        server.args += ["--pattern", "snow"]
+        server.start()
     fleet = Fleet([Source("gate", servers[0].url()), Source("yard", servers[1].url())], str(tmp_path / "rec"),
-                  FakeConfig(), FleetOptions(gpus_per_camera=1, retry_seconds=0.5, call_timeout=3), runner=record)
+                  live_config(), FleetOptions(gpus_per_camera=1, retry_seconds=0.5, call_timeout=3))
     try:
         fleet.start()
 
         def recording(name: str, restarts: int = 0, segments: int = 1) -> bool:
             s = fleet.poll()[name]
             return (s["state"] == "running" and s.get("frames", 0) > 10 and s["restarts"] >= restarts
-                    and s.get("segments", 0) >= segments)
+                    and s.get("segments", 0) >= segments and os.path.exists(s["segment"])
+                    and os.path.getsize(s["segment"]) > 0)
 
         assert wait_for(lambda: recording("gate") and recording("yard"), timeout=90, interval=0.5), fleet.poll()
         status = fleet.poll()

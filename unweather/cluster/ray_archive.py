@@ -83,14 +83,13 @@ def default_runner() -> Runner:
 
 
 def open_engine(config: Any):
-    """Build the engine a config asks for (once per actor)."""
-    import importlib
-
+    """Build the engine a config asks for (once per actor): `unweather.stream.open_engine` for a
+    RunConfig; for another config, `unweather.engine.open` with its model/backend/precision/device."""
     import unweather.engine as engine_mod
+    from unweather import stream
 
-    builder = getattr(importlib.import_module("unweather.stream"), "open_engine", None)
-    if builder is not None and config is not None:
-        return builder(config)
+    if config is not None and isinstance(config, stream.RunConfig):
+        return stream.open_engine(config)
     names = ("model", "backend", "precision", "device")
     kwargs = {n: getattr(config, n) for n in names if config is not None and getattr(config, n, None)}
     return engine_mod.open(**kwargs)
@@ -117,6 +116,13 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+def _torch_threads() -> int:
+    # Ray sets OMP_NUM_THREADS to the actor's CPU count (1 when it asks for none): worth seeing in stats.
+    import torch
+
+    return torch.get_num_threads()
+
+
 class ChunkRestorer:
     """A Ray Data actor: one engine, built once, restoring one chunk per call."""
 
@@ -127,7 +133,12 @@ class ChunkRestorer:
         ctx = ray.get_runtime_context()
         self.where = {"node": ctx.get_node_id(), "worker": ctx.get_worker_id(),
                       "actor": ctx.get_actor_id() or "", "host": socket.gethostname(), "pid": os.getpid(),
-                      "gpus": ",".join(str(g) for g in ray.get_gpu_ids())}
+                      "gpus": ",".join(str(g) for g in ray.get_gpu_ids()),
+                      "threads": _torch_threads()}
+        # Chunks must not each write the run's stats file or draw a progress bar.
+        if dataclasses.is_dataclass(config) and {"stats_path", "progress"} <= {
+                f.name for f in dataclasses.fields(config)}:
+            config = dataclasses.replace(config, stats_path=None, progress=False)
         self.config = config
         self.runner = runner or default_runner()
         self.retries = retries

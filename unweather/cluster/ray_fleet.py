@@ -133,6 +133,10 @@ class CameraWorker:
         self.started = time.time()
         self._stop = threading.Event()
         os.makedirs(folder, exist_ok=True)
+        previous = segment_paths(folder, source.name, segment_ext)
+        if previous:
+            # A writer killed before its first flush leaves a segment with nothing playable in it.
+            self._drop_if_empty(previous[-1])
         self._thread = threading.Thread(target=self._loop, name=f"camera-{source.name}", daemon=True)
         self._thread.start()
 
@@ -168,7 +172,8 @@ class CameraWorker:
             if os.path.exists(path) and count_video_packets(path) == 0:
                 os.remove(path)
         except Exception:  # noqa: BLE001 - an unreadable stub is as empty as it gets
-            os.remove(path)
+            if os.path.exists(path):
+                os.remove(path)
 
     def status(self) -> dict:
         """Live status: state, frames, FPS over the last seconds, drops, segment, where it runs."""
