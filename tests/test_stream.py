@@ -100,8 +100,13 @@ def test_image_folder_in_and_out_keeps_names_and_skips_other_files(tmp_path: Pat
     paths = make_images(folder, count=3, size=(41, 29))
     (folder / "notes.txt").write_text("not an image")
     out = tmp_path / "restored/"
-    with caplog.at_level(logging.WARNING, logger="unweather"):
-        stats = run(str(folder), str(out) + "/", _config(batch=2))
+    log = logging.getLogger("unweather")
+    log.addHandler(caplog.handler)  # the CLI's logging set-up may have turned propagation off
+    try:
+        with caplog.at_level(logging.WARNING, logger="unweather"):
+            stats = run(str(folder), str(out) + "/", _config(batch=2))
+    finally:
+        log.removeHandler(caplog.handler)
     assert stats.frames_out == 3
     assert "notes.txt" in caplog.text
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths)

@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Restore INPUT (video file, image, folder of images, /dev/videoN, or an rtsp/rtmp/http/srt "
                     "URL) into OUTPUT (video file, image, folder ending in '/', or an rtsp/rtmp/srt URL). "
                     "Ctrl-C stops reading; frames already read are finished and the output stays playable.")
-    p.add_argument("input", metavar="INPUT")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="what to restore (several only with --ray)")
     p.add_argument("-o", "--output", metavar="OUTPUT",
                    help="where to write (default: beside the input, e.g. clip.unweather.mp4)")
     p.add_argument("--model", help="registry name, shipped weights (fast, quality), checkpoint, .onnx or engine "
@@ -51,7 +52,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     net.add_argument("--give-up-after", type=float, default=300.0, metavar="S",
                      help="end the run when the source stays away this long (300)")
     net.add_argument("--rtsp-transport", default="tcp", choices=("tcp", "udp"), help="RTSP transport (tcp)")
-    p.set_defaults(func=handle_run, mode="auto")
+    try:
+        from unweather.cluster.cli import add_ray_arguments
+    except ImportError:
+        add_ray_arguments = None
+    if add_ray_arguments is not None:
+        add_ray_arguments(p)
+    p.set_defaults(func=handle_run, mode="auto", ray=None)
 
 
 def config_from_args(args: argparse.Namespace):
@@ -69,10 +76,17 @@ def config_from_args(args: argparse.Namespace):
 
 def handle_run(args: argparse.Namespace) -> int:
     """Run the pipeline; SIGINT/SIGTERM stop reading and finish the output, a second one stops at once."""
+    from unweather.errors import UnweatherError
     from unweather.stream.runner import run
 
     config = config_from_args(args)
     config.validate()
+    if args.ray is not None:
+        from unweather.cluster.cli import run_with_ray
+
+        return run_with_ray(args, list(args.inputs), args.output, config)
+    if len(args.inputs) != 1:
+        raise UnweatherError("give one INPUT (several inputs need --ray).")
     stop = threading.Event()
     previous = {}
     received: list[int] = []
@@ -88,7 +102,7 @@ def handle_run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, on_signal)
     try:
-        stats = run(args.input, args.output, config, stop_event=stop)
+        stats = run(args.inputs[0], args.output, config, stop_event=stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -129,6 +129,8 @@ class VideoSink(Sink):
             probe_writable(target)
             self._created_file = True
             options = {}
+            if live:
+                options["flush_packets"] = "1"  # what is muxed reaches the file, in case the process is killed
             if live and self.format in ("mp4", "mov"):
                 # Fragments at every keyframe: a killed recording stays playable up to its last fragment.
                 options["movflags"] = "frag_keyframe+empty_moov+default_base_moof"

@@ -97,7 +97,7 @@ class Source:
 def check_size(width: int, height: int, max_pixels: int, what: str) -> None:
     """Refuse empty or oversized frames with one sentence."""
     if width <= 0 or height <= 0:
-        raise UnweatherError(f"{what} has no picture size (width {width}, height {height}).")
+        raise UnweatherError(f"cannot read {what}: its picture size is missing or too large for FFmpeg.")
     if width * height > max_pixels:
         raise UnweatherError(f"{what} has {width}x{height} frames, more than the {max_pixels:,} pixels allowed "
                              "(max_pixels).")
