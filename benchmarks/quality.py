@@ -14,7 +14,6 @@ RGB and on the BT.601 Y channel, each labelled. Writes benchmarks/results/qualit
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "unweather.training.cli",
     "unweather.training.train_cli",
     "unweather.bench.cli",
+    "unweather.demo",
 )
 
 
