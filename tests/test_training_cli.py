@@ -141,3 +141,34 @@ def test_direct_baseline(chain, tmp_path):
     meta = read_metadata(out)
     assert meta["training"] == "direct" and sorted(json.loads(meta["weathers"])) == sorted(WEATHERS)
     assert not (tmp_path / "direct.ckt.safetensors").exists()
+
+
+def test_sigint_saves_a_checkpoint_and_resume_continues(chain, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    out = tmp_path / "t.safetensors"
+    command = [sys.executable, "-m", "unweather.cli", "train", "teacher", "--weather", "rain", "--meta-dir",
+               str(chain["data"]), "-o", str(out), "--preset", "tiny", "--model", "student_small", *TEACHER,
+               "--steps", "100000", "--val-every", "100000", "--threads", "1", "--run-dir", str(run)]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    step = json.loads((run / "last.json").read_text())["step"]
+    assert step >= 1 and not out.exists()
+    # Resuming it with another length is refused (the schedule depends on it).
+    assert main(["train", "teacher", "--weather", "rain", "--meta-dir", str(chain["data"]), "-o", str(out),
+                 "--preset", "tiny", "--model", "student_small", *TEACHER, "--steps", str(step + 2),
+                 "--run-dir", str(run), "--resume"]) == 1
