@@ -167,12 +167,15 @@ def _tiny() -> TrainConfig:
 
 
 def _cpu() -> TrainConfig:
-    # Sized for about an hour of the default student's training on two CPU cores (see the README).
+    # Sized for two CPU cores (run with --threads 1 when other jobs share them). Measured at 96 px with
+    # 1 thread on a lightly loaded machine: a student_base teacher ~3 steps/s (3000 steps ~17 min);
+    # student_small from student_base teachers ~1.4 (KC) and ~1.9 (KE) steps/s with the contrastive term
+    # every 4th step (1500 + 1500 steps ~35 min). A busy machine is several times slower.
     cfg = TrainConfig(preset="cpu")
-    cfg.data = DataConfig(crop=96, batch_per_weather=4, teacher_batch=8, clean_per_batch=2, val_max_pairs=12,
+    cfg.data = DataConfig(crop=96, batch_per_weather=4, teacher_batch=8, clean_per_batch=2, val_max_pairs=24,
                           val_crop=192)
     cfg.optim = OptimConfig(lr=5e-4, min_lr=1e-5)
-    cfg.loss = LossConfig(mcr="teacher", pixel_balance="input")
+    cfg.loss = LossConfig(mcr="teacher", mcr_every=4, pixel_balance="input")
     cfg.schedule = ScheduleConfig(teacher_steps=3000, kc_steps=1500, ke_steps=1500, warmup_steps=100,
                                   val_every_steps=250)
     cfg.log = LogConfig(log_every=25, keep_best=3)
