@@ -252,7 +252,14 @@ class NetworkSource:
         elif scheme in ("http", "https"):
             options["reconnect"] = "0"  # we reconnect ourselves, with our own backoff and limits
         logger.debug("opening %s", self.redacted_url)
-        container = av.open(self.url, mode="r", options=options, timeout=(open_timeout, opts.read_timeout))
+        started = time.monotonic()
+        try:
+            container = av.open(self.url, mode="r", options=options, timeout=(open_timeout, opts.read_timeout))
+        except (av.error.ExitError, av.error.InvalidDataError) as exc:
+            # An interrupted open surfaces as whatever FFmpeg was parsing; say what happened instead.
+            if time.monotonic() - started >= 0.9 * open_timeout:
+                raise _Stall(f"no answer within {open_timeout:.3g} s") from exc
+            raise
         self._container = container
         if not container.streams.video:
             raise UnweatherError(f"{self.redacted_url} has no video stream.")
