@@ -221,6 +221,17 @@ def test_exclusions_and_slow_first_calls_are_skipped_with_reasons(tmp_path):
     assert len(time_engine(slow, batches, warmup=1, repeats=1, max_call_s=10.0)["samples_ms"]) == 1
 
 
+def test_tensorrt_engines_are_built_for_the_benchmarked_shape():
+    from unweather.bench.runner import tensorrt_profile
+    from unweather.models import build
+
+    config = BenchConfig(backends=[BackendSpec("tensorrt")], resolutions=[Resolution(640, 360)], batches=[2])
+    combo = combinations(config)[-1]
+    multiple = build("identity").pad_multiple
+    height = -(-360 // multiple) * multiple
+    assert tensorrt_profile(combo) == {"opt_shape": f"2x3x{height}x640", "max_shape": "4x3x1088x1920"}
+
+
 def test_failures_are_classified():
     combo = combinations(BenchConfig(precisions=["fp16"]))[-1]
     assert classify_failure(torch.OutOfMemoryError("CUDA out of memory"), combo)[0] == "skipped"
