@@ -348,7 +348,7 @@ def pipeline_faults(workdir: Path) -> dict[str, Any]:
         "fault": "camera killed and restarted 3 times during a live recording",
         "exit_code": code, "restarts": report.get("restarts"), "frames_in": report.get("frames_in"),
         "frames_out": report.get("frames_out"), "dropped_live": report.get("dropped"), "frames_in_file": in_file,
-        "summary": f"exit {code}, {report.get('restarts')} reconnects, one file with {in_file} frames of "
+        "summary": f"exit {code}, {report.get('restarts')} reconnect attempts, one file with {in_file} frames of "
                    f"{report.get('frames_out')} written ({report.get('dropped')} dropped by live mode).",
         "stderr_has_secret": "hunter2" in "\n".join(cli.lines) or "hunter2" in json.dumps(report)})
 

@@ -23,10 +23,10 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 # step costs about three teacher steps because the contrastive terms run through the frozen teachers).
 TEACHER_STEPS=${TEACHER_STEPS:-700}
 HAZE_TEACHER_STEPS=${HAZE_TEACHER_STEPS:-500}
-FAST_KC=${FAST_KC:-500}
-FAST_KE=${FAST_KE:-500}
-QUALITY_KC=${QUALITY_KC:-300}
-QUALITY_KE=${QUALITY_KE:-300}
+FAST_KC=${FAST_KC:-400}
+FAST_KE=${FAST_KE:-400}
+QUALITY_KC=${QUALITY_KC:-250}
+QUALITY_KE=${QUALITY_KE:-250}
 # Students train on 64 px crops (2.25x cheaper than the preset's 96) to fit the time.
 STUDENT_CROP=${STUDENT_CROP:-64}
 COMMON=(--meta-dir "$META" --preset cpu --threads 1 --no-progress)

@@ -175,27 +175,20 @@ def _fixed_transcode(src, dst, config=None, engine=None, stop_event=None):
     transcode(src, dst, None, engine, stop_event)
 
 
-def test_max_failed_stops_the_rest(cluster, tmp_path):
-    clips = [make_clip(str(tmp_path / f"bad{i}.mp4"), seconds=0.5, audio=False) for i in range(4)]
-    stats = run_on_ray(clips, str(tmp_path / "out"), FakeConfig(fail_on=("bad",)), max_failed=0,
-                       options=ArchiveOptions(progress=False, actors=1, retries=0), runner=transcode)
-    totals = stats["totals"]
-    assert totals["failed"] >= 1 and totals["not_run"] >= 1 and totals["done"] == 0
-    assert totals["failed"] + totals["not_run"] == 4
-
-
 @dataclasses.dataclass
 class UnknownModelConfig:
     model: str = "no-such-model"
 
 
-def test_an_engine_that_cannot_be_built_fails_each_input_with_the_reason(cluster, tmp_path):
-    clip = make_clip(str(tmp_path / "a.mp4"), seconds=0.5, audio=False)
-    stats = run_on_ray([clip], str(tmp_path / "out"), UnknownModelConfig(),
-                       options=ArchiveOptions(progress=False), runner=transcode)
-    (entry,) = stats["inputs"]
-    assert entry["status"] == "failed" and "cannot build the engine" in entry["error"]
-    assert "no-such-model" in entry["error"]
+def test_engine_errors_are_reported_and_max_failed_stops_the_rest(cluster, tmp_path):
+    clips = [make_clip(str(tmp_path / f"clip{i}.mp4"), seconds=0.5, audio=False) for i in range(4)]
+    stats = run_on_ray(clips, str(tmp_path / "out"), UnknownModelConfig(), max_failed=0,
+                       options=ArchiveOptions(progress=False, actors=1, retries=0), runner=transcode)
+    totals = stats["totals"]
+    assert totals["failed"] >= 1 and totals["not_run"] >= 1 and totals["done"] == 0
+    assert totals["failed"] + totals["not_run"] == 4
+    failed = [i for i in stats["inputs"] if i["status"] == "failed"]
+    assert all("cannot build the engine" in i["error"] and "no-such-model" in i["error"] for i in failed)
 
 
 def test_no_capacity_fails_within_the_timeout(cluster, tmp_path):

@@ -44,21 +44,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record is emitted (it may be redirected meanwhile)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _configure_logging(verbose: bool) -> tuple[list[logging.Handler], int, bool]:
+    """Send the package's log records to stderr, redacted; return the logger's previous state."""
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.addFilter(RedactingFilter())
-    root = logging.getLogger("unweather")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    root.propagate = False
+    logger = logging.getLogger("unweather")
+    previous = (list(logger.handlers), logger.level, logger.propagate)
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+    return previous
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.verbose)
+    previous = _configure_logging(args.verbose)
+    try:
+        return _run(parser, args)
+    finally:
+        # Callers that run main() in-process (tests, notebooks) get their logging back.
+        logger = logging.getLogger("unweather")
+        logger.handlers[:] = previous[0]
+        logger.setLevel(previous[1])
+        logger.propagate = previous[2]
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -7,6 +7,7 @@ by about 1.4 (STYLE.md). Chroma is upsampled by repetition, so averaging it back
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -90,19 +91,38 @@ def yuv420_to_rgb(y: torch.Tensor, u: torch.Tensor, v: torch.Tensor, spec: Colou
         (N, 3, H, W) float32 on the planes' device.
     """
     h, w = y.shape[-2:]
-    ys, yo, cs = _scales(spec)
-    kr, kb = spec.coefficients
-    kg = 1.0 - kr - kb
+    ys, yo, _ = _scales(spec)
+    weight, bias = _to_rgb_weights(spec, str(y.device))
     # The chroma terms of R, G, B are computed at chroma resolution, then repeated 2x2.
-    cr_r, cb_b = 2.0 * (1.0 - kr), 2.0 * (1.0 - kb)
-    weight = torch.tensor([[0.0, cr_r], [-kb * cb_b / kg, -kr * cr_r / kg], [cb_b, 0.0]],
-                          dtype=torch.float32, device=y.device) / cs
-    bias = -128.0 * weight.sum(dim=1)
     chroma = torch.stack((u, v), dim=1).float()
-    terms = F.conv2d(chroma, weight[:, :, None, None], bias)
+    terms = F.conv2d(chroma, weight, bias)
     terms = F.interpolate(terms, scale_factor=2, mode="nearest")[..., :h, :w]
     luma = y.float().unsqueeze(1).sub_(yo).div_(ys)
     return terms.add_(luma).clamp_(0.0, 1.0)
+
+
+@functools.lru_cache(maxsize=32)
+def _to_rgb_weights(spec: ColourSpec, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    # Made once per matrix and device: building them per frame would copy to the GPU every time.
+    _, _, cs = _scales(spec)
+    kr, kb = spec.coefficients
+    kg = 1.0 - kr - kb
+    cr_r, cb_b = 2.0 * (1.0 - kr), 2.0 * (1.0 - kb)
+    weight = torch.tensor([[0.0, cr_r], [-kb * cb_b / kg, -kr * cr_r / kg], [cb_b, 0.0]], dtype=torch.float32) / cs
+    bias = -128.0 * weight.sum(dim=1)
+    return weight[:, :, None, None].to(device), bias.to(device)
+
+
+@functools.lru_cache(maxsize=32)
+def _to_yuv_weights(spec: ColourSpec, device: str) -> tuple[torch.Tensor, ...]:
+    ys, yo, cs = _scales(spec)
+    kr, kb = spec.coefficients
+    luma = torch.tensor([kr, 1.0 - kr - kb, kb], dtype=torch.float32)
+    cb = (torch.tensor([0.0, 0.0, 1.0]) - luma) / (2.0 * (1.0 - kb))
+    cr = (torch.tensor([1.0, 0.0, 0.0]) - luma) / (2.0 * (1.0 - kr))
+    tensors = ((luma * ys)[None, :, None, None], torch.tensor([yo]),
+               (torch.stack((cb, cr)) * cs)[:, :, None, None], torch.tensor([128.0, 128.0]))
+    return tuple(t.to(device) for t in tensors)
 
 
 def rgb_to_yuv420(rgb: torch.Tensor, spec: ColourSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -111,20 +131,14 @@ def rgb_to_yuv420(rgb: torch.Tensor, spec: ColourSpec) -> tuple[torch.Tensor, to
     Chroma is the 2x2 average of the per-pixel chroma (edge pixels repeated for odd sizes), rounded
     once; since chroma is linear in RGB, it is computed from the 2x2 average of RGB.
     """
-    ys, yo, cs = _scales(spec)
-    kr, kb = spec.coefficients
-    kg = 1.0 - kr - kb
+    luma_w, luma_b, chroma_w, chroma_b = _to_yuv_weights(spec, str(rgb.device))
     rgb = rgb.float().clamp(0.0, 1.0)
-    luma_w = torch.tensor([[kr, kg, kb]], dtype=torch.float32, device=rgb.device)
-    cb = (torch.tensor([0.0, 0.0, 1.0], device=rgb.device) - luma_w[0]) / (2.0 * (1.0 - kb))
-    cr = (torch.tensor([1.0, 0.0, 0.0], device=rgb.device) - luma_w[0]) / (2.0 * (1.0 - kr))
-    y = F.conv2d(rgb, (luma_w * ys)[:, :, None, None], torch.tensor([yo], device=rgb.device))
+    y = F.conv2d(rgb, luma_w, luma_b)
     h, w = rgb.shape[-2:]
     if h % 2 or w % 2:
         rgb = F.pad(rgb, (0, w % 2, 0, h % 2), mode="replicate")
     pooled = F.avg_pool2d(rgb, 2)
-    chroma_w = torch.stack((cb, cr)) * cs
-    c = F.conv2d(pooled, chroma_w[:, :, None, None], torch.tensor([128.0, 128.0], device=rgb.device))
+    c = F.conv2d(pooled, chroma_w, chroma_b)
     y = y.round_().clamp_(0.0, 255.0).to(torch.uint8)[:, 0]
     c = c.round_().clamp_(0.0, 255.0).to(torch.uint8)
     return y, c[:, 0], c[:, 1]

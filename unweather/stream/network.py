@@ -186,6 +186,9 @@ class NetworkSource:
                     for item in self._decode(container):
                         if not ever_streamed:
                             logger.info("receiving %s (%sx%s)", self.redacted_url, self.width, self.height)
+                        elif self.state is not SourceState.STREAMING:
+                            logger.warning("%s: receiving again after %.1f s without frames", self.redacted_url,
+                                           item[1] - last_frame_at)
                         ever_streamed = True
                         self.state = SourceState.STREAMING
                         last_frame_at = item[1]

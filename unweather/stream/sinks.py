@@ -109,6 +109,7 @@ class VideoSink(Sink):
         self.crf = crf
         self.preset = preset
         self.gpu = gpu
+        self.network_options = network_options
         self.rotation = 0
         self.is_url = "://" in target
         self.stream: Any = None
@@ -134,6 +135,7 @@ class VideoSink(Sink):
             if live and self.format in ("mp4", "mov"):
                 # Fragments at every keyframe: a killed recording stays playable up to its last fragment.
                 options["movflags"] = "frag_keyframe+empty_moov+default_base_moof"
+            self._container_options = options
             try:
                 self.container = av.open(target, mode="w", format=self.format, container_options=options)
             except (av.error.FFmpegError, OSError, ValueError) as exc:
@@ -183,9 +185,10 @@ class VideoSink(Sink):
         if self.is_url:
             from unweather.stream.network import open_output_container
 
-            self.container = open_output_container(self.target)
+            self.container = open_output_container(self.target, self.network_options, probe=False)
         else:
-            self.container = av.open(self.target, mode="w", format=self.format)
+            self.container = av.open(self.target, mode="w", format=self.format,
+                                     container_options=self._container_options)
 
     def _codec_candidates(self) -> list[str]:
         import av

@@ -111,6 +111,8 @@ class LogConfig:
 
     log_every: int = 25
     keep_best: int = 3
+    # Write the resume point at least this often, so a killed run (SIGKILL, power loss) loses little.
+    checkpoint_minutes: float = 5.0
     progress: bool = True
     # "best": the output file holds the checkpoint with the best validation PSNR; "last": the final one.
     output: str = "best"

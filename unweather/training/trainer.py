@@ -174,6 +174,7 @@ class Trainer:
         self.best: list[dict] = []
         self.last_val: dict[str, float] = {}
         self._stop = threading.Event()
+        self._saved_at = time.monotonic()
 
         params = [p for p in trainable.parameters() if p.requires_grad]
         if not params:
@@ -210,6 +211,7 @@ class Trainer:
         meta = {"step": self.step, "total": self.total, "best": self.best, "last_val": self.last_val,
                 "stages": [[s.name, s.steps] for s in self.stages], "weathers": self.metadata.get("weathers")}
         _save_atomic(lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"), info)
+        self._saved_at = time.monotonic()
 
     def load_last(self) -> bool:
         """Restore the resume point if the run directory has one; return whether it did."""
@@ -351,6 +353,8 @@ class Trainer:
                     raise UnweatherError(f"the loss became {values['loss/total']} at step {self.step} "
                                          f"(stage {stage.name}); lower the learning rate")
                 sums, count, tick = {}, 0, time.perf_counter()
+                if 0 < cfg.log.checkpoint_minutes * 60 <= time.monotonic() - self._saved_at:
+                    self.save_last()
             if self.valid is not None and (stage_done or (self.val_every and self.step % self.val_every == 0)):
                 self._validate(stage, logs)
             if stage_done:
