@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import time
 
 import pytest
 import torch
@@ -71,6 +72,11 @@ def test_results_file_has_machine_config_and_measurements(bench_run):
     assert lat["min"] <= lat["median"] <= lat["p95"] <= lat["p99"] <= lat["max"]
     assert eng["fps"] == statistics.median(eng["fps_per_repeat"])
     assert base["resources"]["rss_peak_mb"] >= base["resources"]["rss_before_mb"] > 0
+    assert set(base["resources"]["cpu"]) == {"busy_pct", "own_pct", "others_pct"}
+    assert "gpu_peak_mb" not in base["resources"]  # no GPU readings for a CPU combination
+    assert base["load_average_start"] is None or len(base["load_average_start"]) == 3
+    share = machine["cpu_share_during_run"]
+    assert share["own_pct"] > 0 and 0 <= share["others_pct"] <= 101
 
     pipe = base["pipeline"]
     assert pipe["status"] == "ok" and pipe["frames"] == [3, 3] and len(pipe["fps_per_repeat"]) == 2
@@ -102,12 +108,47 @@ def test_unavailable_combination_is_skipped_with_reason_and_the_rest_run(bench_r
 def test_markdown_and_plot_are_written(bench_run):
     _, payload, out = bench_run
     table = (out / "r.md").read_text()
-    assert "| model | backend | precision | resolution | batch | engine FPS" in table
+    assert "| model | backend | precision | resolution | batch | engine FPS | p50 ms | p95 ms | p99 ms" in table
+    assert "peak RSS MB |" in table and "other processes kept" in table
     assert f"| identity | torch | fp32 | {TINY} | 1 |" in table and "1.00x" in table
     assert "skipped: identity tensorrt fp32" in table
     assert payload["command"] in table
     png = (out / "r.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 1000
+
+
+def test_loaded_runs_are_flagged_in_the_report(bench_run):
+    from unweather.bench.report import markdown_report
+
+    _, payload, _ = bench_run
+    for others, flagged in ((0.0, False), (60.0, True)):
+        payload["machine"]["cpu_share_during_run"]["others_pct"] = others
+        report = markdown_report(payload)
+        assert ("shared with other work" in report) is flagged
+        assert f"other processes kept {others:.0f}% of the CPUs busy" in report
+
+
+def test_cpu_share_counts_this_process():
+    from unweather.bench.timing import CpuShare
+
+    share = CpuShare().start()
+    end = time.perf_counter() + 0.3
+    while time.perf_counter() < end:
+        pass
+    result = share.stop()
+    assert result["own_pct"] > 0 and result["busy_pct"] > 0
+    assert all(0 <= v <= 101 for v in result.values())
+
+
+def test_cpu_default_precisions_skip_torch_fp16(tmp_path):
+    out = tmp_path / "r.json"
+    assert main(["bench", "--models", "identity", "--backends", "torch", "--resolutions", "32x32", "--frames",
+                 "1", "--repeats", "1", "--warmup", "0", "--device", "cpu", "--no-pipeline", "--no-progress",
+                 "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["config"]["precisions"] == ["fp32", "bf16"]
+    assert [(r["precision"], r["status"]) for r in payload["results"]] == [("fp32", "ok"), ("bf16", "ok")]
+    assert "--precisions fp32 bf16" in payload["command"]
 
 
 def test_cuda_request_without_gpu_is_skipped(tmp_path):
@@ -197,8 +238,6 @@ def test_specs_and_combinations():
 
 
 def test_exclusions_and_slow_first_calls_are_skipped_with_reasons(tmp_path):
-    import time
-
     from unweather.bench.runner import TooSlowError, run_bench
 
     config = BenchConfig(backends=[BackendSpec("torch")], precisions=["fp32", "bf16"],

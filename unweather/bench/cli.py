@@ -10,6 +10,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BACKENDS = ("torch", "onnxruntime", "tensorrt")
 DEFAULT_PRECISIONS = ("fp32", "fp16")
+# torch has few fp16 kernels on the CPU (several times slower than fp32), while bf16 has native ones.
+DEFAULT_CPU_PRECISIONS = ("fp32", "bf16")
 DEFAULT_RESOLUTIONS = ("640x360", "1280x720")
 
 _EPILOG = """\
@@ -37,8 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "files, optionally MODEL@WxH[,WxH] (default: the default model for the device)")
     parser.add_argument("--backends", nargs="+", metavar="BACKEND", default=list(DEFAULT_BACKENDS),
                         help="backends, optionally with options (default: %(default)s)")
-    parser.add_argument("--precisions", nargs="+", metavar="P", default=list(DEFAULT_PRECISIONS),
-                        help="fp32, fp16, bf16 (default: %(default)s)")
+    parser.add_argument("--precisions", nargs="+", metavar="P",
+                        help=f"fp32, fp16, bf16 (default: {' '.join(DEFAULT_PRECISIONS)} on a GPU, "
+                             f"{' '.join(DEFAULT_CPU_PRECISIONS)} on the CPU)")
     parser.add_argument("--resolutions", nargs="+", metavar="WxH",
                         help="frame sizes; an input is resized to each, only for the benchmark "
                              f"(default: {' '.join(DEFAULT_RESOLUTIONS)}, or the input's own size)")
@@ -113,11 +116,14 @@ def handle(args: argparse.Namespace) -> int:
     from unweather.bench.runner import resolve_device, run_bench
     from unweather.machine import save_results
 
+    device = resolve_device(args.device)
     if not args.models:
         from unweather import engine
 
         default = getattr(engine, "default_model", None)
-        args.models = [default(resolve_device(args.device)) if default else "identity"]
+        args.models = [default(device) if default else "identity"]
+    if not args.precisions:
+        args.precisions = list(DEFAULT_CPU_PRECISIONS if device.type == "cpu" else DEFAULT_PRECISIONS)
     if not args.resolutions:
         args.resolutions = [_input_resolution(args.input)] if args.input else list(DEFAULT_RESOLUTIONS)
     config = BenchConfig(

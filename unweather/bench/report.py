@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ("model", "backend", "precision", "resolution", "batch", "engine FPS", "p50 ms", "p95 ms",
-           "pipeline FPS", "x vs torch fp32", "pipeline x")
+COLUMNS = ("model", "backend", "precision", "resolution", "batch", "engine FPS", "p50 ms", "p95 ms", "p99 ms",
+           "x vs torch fp32", "pipeline FPS", "pipeline p50 / p99 ms", "pipeline x", "peak RSS MB")
+# Above this share of the CPUs used by other processes, absolute figures are flagged as loaded.
+LOADED_OTHERS_PCT = 10.0
 
 
 def _fmt(value: float | None, digits: int = 1, suffix: str = "") -> str:
@@ -17,20 +19,27 @@ def _ms(value: float) -> str:
     return f"{value:.3f}" if value < 1 else f"{value:.2f}" if value < 10 else f"{value:.1f}"
 
 
+def _fps(value: float, per_repeat: list[float], spread: float) -> str:
+    return f"{value:.1f} ±{100 * spread / 2:.0f}%" if len(per_repeat) > 1 else f"{value:.1f}"
+
+
 def _table_row(row: dict[str, Any]) -> list[str]:
     eng = row["engine"]
+    lat = eng["latency_ms"]
     pipe = row.get("pipeline") or {}
     pipe_ok = pipe.get("status") == "ok"
-    fps = f"{eng['fps']:.1f} ±{100 * eng['fps_spread'] / 2:.0f}%" if len(eng["fps_per_repeat"]) > 1 \
-        else f"{eng['fps']:.1f}"
     if pipe_ok:
-        pipe_fps = _fmt(pipe["fps"])
+        pipe_fps = _fps(pipe["fps"], pipe["fps_per_repeat"], pipe["fps_spread"])
+        plat = pipe.get("latency_ms") or {}
+        pipe_lat = (f"{_ms(plat['p50'])} / {_ms(plat['p99'])}" if "p50" in plat and "p99" in plat else "–")
     else:
-        pipe_fps = pipe.get("status", "not run")
-    return [row["model"], row["backend_label"], row["precision"], row["resolution"], str(row["batch"]), fps,
-            _ms(eng["latency_ms"]["median"]), _ms(eng["latency_ms"]["p95"]), pipe_fps,
-            _fmt(eng.get("x_vs_baseline"), 2, "x"),
-            _fmt(pipe.get("x_vs_baseline"), 2, "x") if pipe_ok else "–"]
+        pipe_fps, pipe_lat = pipe.get("status", "not run"), "–"
+    rss = (row.get("resources") or {}).get("rss_peak_mb")
+    return [row["model"], row["backend_label"], row["precision"], row["resolution"], str(row["batch"]),
+            _fps(eng["fps"], eng["fps_per_repeat"], eng["fps_spread"]),
+            _ms(lat["median"]), _ms(lat["p95"]), _ms(lat["p99"]), _fmt(eng.get("x_vs_baseline"), 2, "x"),
+            pipe_fps, pipe_lat, _fmt(pipe.get("x_vs_baseline"), 2, "x") if pipe_ok else "–",
+            _fmt(rss, 0)]
 
 
 def machine_line(payload: dict[str, Any]) -> str:
@@ -48,10 +57,20 @@ def machine_line(payload: dict[str, Any]) -> str:
     if machine.get("load_average_start") and machine.get("load_average_end"):
         load = (f"; load average {machine['load_average_start'][0]:.1f} at start, "
                 f"{machine['load_average_end'][0]:.1f} at end")
+    share = machine.get("cpu_share_during_run")
+    if share:
+        load += f"; other processes kept {share['others_pct']:.0f}% of the CPUs busy during the run"
+    calls = "call" if cfg["warmup"] == 1 else "calls"
     return (f"{cpu['model']} ({cpu['cores']} cores, {cpu['threads']} threads, torch threads "
             f"{cpu['torch_threads']}), {gpu}, device {payload['device']}; {versions}; commit {commit}; "
-            f"{cfg['frames']} frames x {cfg['repeats']} repeats after {cfg['warmup']} warm-up calls"
+            f"{cfg['frames']} frames x {cfg['repeats']} repeats after {cfg['warmup']} warm-up {calls}"
             f"{load}; {machine['timestamp']}.")
+
+
+def loaded(payload: dict[str, Any]) -> bool:
+    """True when other processes used a noticeable share of the CPUs while `payload` was measured."""
+    share = payload["machine"].get("cpu_share_during_run") or {}
+    return share.get("others_pct", 0.0) > LOADED_OTHERS_PCT
 
 
 def markdown_table(payload: dict[str, Any]) -> str:
@@ -80,10 +99,14 @@ def markdown_report(payload: dict[str, Any]) -> str:
     if payload.get("command"):
         parts.append(f"```bash\n{payload['command']}\n```\n")
     parts.append(f"Measured on {machine_line(payload)}\n")
-    parts.append("Engine: the network alone on frames already on the device, median over every call; "
-                 "FPS is the median of the repetitions (± half their range). Pipeline: decode, infer and "
-                 "encode through `unweather.stream.run`. x: speed relative to torch fp32 eager on the same "
-                 "frames.\n")
+    if loaded(payload):
+        parts.append("The machine was shared with other work during this run: absolute figures are lower and "
+                     "noisier than on an idle machine; ratios within the run stay comparable.\n")
+    parts.append("Engine: the network alone on frames already on the device; latency per call (one batch), "
+                 "percentiles over every timed call; FPS is the median of the repetitions (± half their "
+                 "range). Pipeline: decode, infer and encode through `unweather.stream.run`, latency per "
+                 "frame from decoded to written. x: speed relative to torch fp32 eager on the same frames. "
+                 "Peak RSS: the process's resident memory while the combination ran.\n")
     parts.append(markdown_table(payload))
     return "\n".join(parts)
 

@@ -33,7 +33,7 @@ from unweather.bench.config import (
     ModelSpec,
     Resolution,
 )
-from unweather.bench.timing import ResourceSampler, spread, summarize, synchronize
+from unweather.bench.timing import CpuShare, ResourceSampler, spread, summarize, synchronize
 from unweather.errors import UnweatherError
 from unweather.machine import load_average, machine_info
 from unweather.redact import redact
@@ -398,6 +398,7 @@ def run_combination(combo: Combination, frames: torch.Tensor, clip: Path, config
         row.update(status="skipped", reason=reason)
         return row
     engine = None
+    row["load_average_start"] = load_average()
     sampler = ResourceSampler(combo_device, config.sample_interval_s)
     try:
         with sampler:
@@ -424,7 +425,7 @@ def run_combination(combo: Combination, frames: torch.Tensor, clip: Path, config
             engine.close()
         del engine
         _release(combo_device)
-    if getattr(sampler, "_rss", None):
+    if sampler.sampled:
         row["resources"] = sampler.result()
     return row
 
@@ -479,6 +480,7 @@ def run_bench(config: BenchConfig, progress: bool = True, command: str | None = 
     device = resolve_device(config.device)
     machine = machine_info()
     machine["load_average_start"] = machine.pop("load_average")
+    cpu_share = CpuShare().start()
     started = time.perf_counter()
     combos = combinations(config)
     rows: list[dict[str, Any]] = []
@@ -502,6 +504,8 @@ def run_bench(config: BenchConfig, progress: bool = True, command: str | None = 
                 rows.append(row)
     add_ratios(rows)
     machine["load_average_end"] = load_average()
+    # On a shared machine the other processes' share says how far absolute figures can be trusted.
+    machine["cpu_share_during_run"] = cpu_share.stop()
     return {
         "schema": SCHEMA,
         "command": command,
