@@ -28,7 +28,7 @@ from typing import Any
 from unweather.cluster.chunks import count_video_packets, cut, join, publish, remove_temps, temp_path
 from unweather.cluster.planner import Chunk, InputPlan, plan_input
 from unweather.cluster.ray_connect import require_ray
-from unweather.cluster.sources import Source, apply_options
+from unweather.cluster.sources import Source, apply_options, output_path
 from unweather.errors import UnweatherError
 from unweather.redact import redact
 
@@ -99,17 +99,6 @@ def config_digest(config: Any) -> str:
     """A short digest of a config, so chunks restored with other settings are never reused."""
     data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
     return hashlib.sha1(json.dumps(data, sort_keys=True, default=repr).encode()).hexdigest()[:8]
-
-
-def output_path(source: Source, output_dir: str) -> str:
-    """Where a source's restored file goes: its own `output`, or `output_dir/NAME.EXT` (the input's EXT)."""
-    if source.output and not source.output.endswith(("/", os.sep)):
-        return source.output
-    folder = source.output or output_dir
-    ext = os.path.splitext(source.input)[1].lower()
-    if ext not in (".mp4", ".mkv", ".mov", ".m4v", ".webm", ".ts"):
-        ext = ".mkv"
-    return os.path.join(folder, source.name + ext)
 
 
 def _plain(value: Any) -> Any:

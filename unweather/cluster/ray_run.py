@@ -13,22 +13,9 @@ from unweather.cluster.chunks import publish, temp_path
 from unweather.cluster.ray_archive import ArchiveOptions, Runner, run_archive
 from unweather.cluster.ray_connect import connect, require_ray
 from unweather.cluster.ray_fleet import Fleet, FleetOptions
-from unweather.cluster.sources import Source, expand_inputs, load_sources
+from unweather.cluster.sources import Source, resolve_inputs
 
 log = logging.getLogger(__name__)
-
-
-def resolve_inputs(inputs: Sequence[str | Source]) -> list[Source]:
-    """Sources from `Source`s, sources files (.yaml/.yml/.toml), files, folders and URLs, in order."""
-    sources: list[Source] = []
-    for item in inputs:
-        if isinstance(item, Source):
-            sources.append(item)
-        elif str(item).lower().endswith((".yaml", ".yml", ".toml")):
-            sources += load_sources(str(item))
-        else:
-            sources += expand_inputs([str(item)])
-    return sources
 
 
 def run_on_ray(inputs: Sequence[str | Source], output_dir: str, config: Any = None, address: str | None = None,

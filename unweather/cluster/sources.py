@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from unweather.errors import UnweatherError
@@ -180,6 +180,35 @@ def load_sources(path: str) -> list[Source]:
     if duplicates:
         raise UnweatherError(f"sources file {path}: duplicate name(s) {duplicates}")
     return sources
+
+
+def resolve_inputs(inputs: Sequence[str | Source]) -> list[Source]:
+    """Sources from `Source`s, sources files (.yaml/.yml/.toml), files, folders and URLs, in order."""
+    sources: list[Source] = []
+    for item in inputs:
+        if isinstance(item, Source):
+            sources.append(item)
+        elif is_sources_file(str(item)):
+            sources += load_sources(str(item))
+        else:
+            sources += expand_inputs([str(item)])
+    return sources
+
+
+def is_sources_file(path: str) -> bool:
+    """Whether `path` names a sources file (by its extension: .yaml, .yml or .toml)."""
+    return not is_url(path) and path.lower().endswith((".yaml", ".yml", ".toml"))
+
+
+def output_path(source: Source, output_dir: str) -> str:
+    """Where a source's restored file goes: its own `output`, or `output_dir/NAME.EXT` (the input's EXT)."""
+    if source.output and not source.output.endswith(("/", os.sep)):
+        return source.output
+    folder = source.output or output_dir
+    ext = os.path.splitext(source.input)[1].lower()
+    if ext not in (".mp4", ".mkv", ".mov", ".m4v", ".webm", ".ts"):
+        ext = ".mkv"
+    return os.path.join(folder, source.name + ext)
 
 
 def apply_options(config: Any, options: Mapping[str, Any]) -> Any:

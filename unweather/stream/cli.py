@@ -19,9 +19,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "URL) into OUTPUT (video file, image, folder ending in '/', or an rtsp/rtmp/srt URL). "
                     "Ctrl-C stops reading; frames already read are finished and the output stays playable.")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="what to restore (several only with --ray)")
+                   help="what to restore; several inputs, a folder of videos or a sources file (.yaml, .toml) "
+                        "run together, sharing one engine")
     p.add_argument("-o", "--output", metavar="OUTPUT",
-                   help="where to write (default: beside the input, e.g. clip.unweather.mp4)")
+                   help="where to write (default: beside the input, e.g. clip.unweather.mp4); with several "
+                        "inputs a folder, DIR/, that gets one output per input named after it")
     p.add_argument("--model", help="registry name, shipped weights (fast, quality), checkpoint, .onnx or engine "
                                    "file (default: the package's default for the device)")
     p.add_argument("--backend", default="auto", help="torch, onnxruntime, tensorrt or auto (default)")
@@ -30,6 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow a checkpoint that pickles Python objects (runs code from the file)")
     p.add_argument("--batch", type=int, default=1, help="frames per inference call in offline mode (default 1)")
+    p.add_argument("--tile", type=int, metavar="SIZE", help="restore frames larger than SIZE x SIZE in overlapping "
+                                                         "tiles (large frames, small GPUs or TensorRT profiles)")
+    p.add_argument("--tile-overlap", type=int, default=32, metavar="N", help="pixels shared by neighbouring tiles, "
+                                                                              "blended across (default 32)")
+    p.add_argument("--engine-batch", type=int, metavar="N",
+                   help="with several inputs: most frames from all streams in one shared inference call "
+                        "(default 8; 1 turns batching across streams off)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--live", dest="mode", action="store_const", const="live",
                       help="bounded latency: drop the oldest waiting frame when inference falls behind "
@@ -71,7 +80,7 @@ def config_from_args(args: argparse.Namespace):
         side_by_side=args.side_by_side, stats_path=args.stats, codec=args.codec, crf=args.crf, preset=args.preset,
         progress=not args.quiet, open_timeout=args.open_timeout, read_timeout=args.read_timeout,
         stall_timeout_network=args.stall_timeout, give_up_after=args.give_up_after,
-        rtsp_transport=args.rtsp_transport)
+        rtsp_transport=args.rtsp_transport, tile=args.tile, tile_overlap=args.tile_overlap)
 
 
 def handle_run(args: argparse.Namespace) -> int:
@@ -85,8 +94,11 @@ def handle_run(args: argparse.Namespace) -> int:
         from unweather.cluster.cli import run_with_ray
 
         return run_with_ray(args, list(args.inputs), args.output, config)
-    if len(args.inputs) != 1:
-        raise UnweatherError("give one INPUT (several inputs need --ray).")
+    from unweather.stream.multi import wants_many
+
+    many = wants_many(args.inputs)
+    if getattr(args, "engine_batch", None) is not None and args.engine_batch < 1:
+        raise UnweatherError(f"--engine-batch must be at least 1, not {args.engine_batch}.")
     stop = threading.Event()
     previous = {}
     received: list[int] = []
@@ -102,11 +114,22 @@ def handle_run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, on_signal)
     try:
-        stats = run(args.inputs[0], args.output, config, stop_event=stop)
+        if many:
+            from unweather.stream.multi import run_many
+
+            stats = run_many(args.inputs, args.output, config, stop_event=stop,
+                             max_batch=getattr(args, "engine_batch", None))
+        else:
+            stats = run(args.inputs[0], args.output, config, stop_event=stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if not args.quiet:
         print(stats.summary(), file=sys.stderr)
+    if many and stats.failed:
+        names = ", ".join(entry["name"] for entry in stats.failed)
+        print(f"unweather: error: {len(stats.failed)} of {len(stats.streams)} inputs failed: {names}",
+              file=sys.stderr)
+        return 1
     # Stopped by a signal: the output is complete up to there, but the input was not all read.
     return 128 + received[0] if received else 0

@@ -44,6 +44,8 @@ def open_engine(config: RunConfig) -> Any:
         if "trusted" not in params and not takes_any:
             raise UnweatherError("this engine cannot load untrusted checkpoints.")
         kwargs["trusted"] = True
+    if config.tile:
+        kwargs.update(tile=config.tile, tile_overlap=config.tile_overlap)
     engine = engines.open(model, **kwargs)
     describe = getattr(engine, "describe", None)
     logger.info("model %s: %s", model, describe() if callable(describe) else type(engine).__name__)
@@ -185,5 +187,7 @@ def run(input: str, output: str | None = None, config: RunConfig | None = None, 
     if config.stats_path:
         write_stats(stats, config.stats_path)
     if stats.error:
-        raise UnweatherError(stats.error)
+        error = UnweatherError(stats.error)
+        error.stats = stats  # what was done before the error, for callers that report many inputs
+        raise error
     return stats
