@@ -165,6 +165,31 @@ def test_cuda_request_without_gpu_is_skipped(tmp_path):
     assert "skipped: identity torch fp32 32x32" in markdown_table(payload)
 
 
+@pytest.mark.gpu
+def test_gpu_run_reports_device_memory_and_async_fps(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    import importlib.util
+
+    from unweather.bench.runner import run_bench
+
+    config = BenchConfig(models=[ModelSpec("student_small")],
+                         backends=[BackendSpec("torch"), parse_backend("torch:cuda_graph")],
+                         precisions=["fp32", "fp16"], resolutions=[Resolution(64, 48)], frames=3, repeats=2,
+                         warmup=1, device="cuda")
+    payload = run_bench(config, progress=False)
+    assert payload["machine"]["gpus"][0]["name"]
+    rows = payload["results"]
+    assert [r["status"] for r in rows] == ["ok"] * 4, [r.get("reason") for r in rows]
+    for row in rows:
+        assert row["engine_device"].startswith("cuda") and row["engine"]["fps_async"] > 0
+        res = row["resources"]
+        assert res["gpu_peak_mb"] >= res["gpu_before_mb"] >= 0
+        if importlib.util.find_spec("pynvml") is not None and "nvml" not in res:
+            assert res["gpu_device_used_peak_mb"] > 0 and "gpu_util_mean" in res
+        assert row["pipeline"]["status"] == "ok"
+
+
 def test_user_footage_is_resized_for_the_benchmark(tmp_path):
     from unweather.bench.clip import prepare_clip, synthetic_frames, write_clip
 
