@@ -14,7 +14,9 @@ CPU the structure is the same with plain buffers.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import functools
 import logging
 import os
 import sys
@@ -90,6 +92,42 @@ class _Out:
 
 def _plane_names(key: tuple) -> tuple[str, ...]:
     return ("rgb",) if key[0] == "rgb" else ("y", "u", "v")
+
+
+def one_cpu_thread() -> bool:
+    """Make torch's CPU kernels called from this thread use one OpenMP thread; other threads keep theirs.
+
+    The colour conversions take a few ms in one thread, but with torch's default team (one thread per
+    core) they fight the inference stage's team for the same cores, and OpenMP's spinning barriers
+    make both many times slower (measured on 2 busy cores: 640x360 both ways 3 ms alone in one
+    thread, 18 ms in two; inference slowed too). `torch.set_num_threads` would change every
+    thread's count, so the calling thread's own OpenMP setting is changed instead.
+
+    Returns:
+        Whether the setting was changed (False where torch does not use OpenMP from this process).
+    """
+    torch.get_num_threads()  # torch sets a thread's OpenMP team size on its first use: let it happen now
+    set_threads = _omp_set_num_threads()
+    if set_threads is None:
+        return False
+    set_threads(1)
+    return True
+
+
+@functools.cache
+def _omp_set_num_threads() -> Any:
+    """`omp_set_num_threads` of the OpenMP runtime torch uses (the one in its wheel first), or None."""
+    import ctypes
+    import glob
+
+    lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+    candidates = sorted(glob.glob(os.path.join(lib, "lib*omp*.so*")))
+    for path in [*candidates, None]:
+        try:
+            return ctypes.CDLL(path).omp_set_num_threads
+        except (AttributeError, OSError):
+            continue
+    return None
 
 
 class Pipeline:
@@ -246,6 +284,8 @@ class Pipeline:
 
     # -- stage 2: upload and convert to float RGB -----------------------------------------------
     def _upload(self) -> None:
+        if not self.cuda:
+            one_cpu_thread()
         carry = None
         while True:
             first = carry if carry is not None else self.q_dec.get(self.wait)
@@ -337,6 +377,8 @@ class Pipeline:
 
     # -- stage 4: convert back and download ------------------------------------------------------
     def _download(self) -> None:
+        if not self.cuda:
+            one_cpu_thread()
         while True:
             batch = self.q_inf.get(self.wait)
             if batch is EOS:
@@ -444,6 +486,10 @@ class Pipeline:
             UnweatherError: the first error of any stage, after the output was closed.
         """
         self._bar = self._progress()
+        with _logs_above(self._bar):
+            return self._run_stages()
+
+    def _run_stages(self) -> RunStats:
         stages = [
             ("decode", self._decode, [self.source.stop], self.q_dec),
             ("upload", self._upload, [self.q_dec, self.in_ring], self.q_up),
@@ -511,6 +557,24 @@ class Pipeline:
             interrupted=self.interrupted,
             error=str(self.error) if self.error else None,
         )
+
+
+def _logs_above(bar: Any) -> contextlib.AbstractContextManager[None]:
+    """While `bar` is shown, the package's console log lines are printed above it, not through it.
+
+    Only a console handler already on the "unweather" logger (the command line's) is redirected,
+    with its formatter and filters (credentials stay redacted); other set-ups are left alone.
+    """
+    if bar is None:
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    package = logging.getLogger("unweather")
+    # The test tqdm itself uses to pick the handlers it redirects.
+    if not any(isinstance(h, logging.StreamHandler) and h.stream in (sys.stdout, sys.stderr)
+               for h in package.handlers):
+        return contextlib.nullcontext()
+    return logging_redirect_tqdm(loggers=[package])
 
 
 def _describe_engine(engine: Any) -> str:
