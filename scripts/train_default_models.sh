@@ -14,22 +14,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-META=data/synth
-RUNS=data/runs
-MODELS=data/models
+META=${META:-data/synth}
+RUNS=${RUNS:-data/runs}
+MODELS=${MODELS:-data/models}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 # Lengths (steps). Changing one after a run started makes --resume refuse it: use a new run name.
-# Sized for about 100 minutes of a 2-core machine shared with other work (teacher ~0.6 steps/s, a student
-# step costs about three teacher steps because the contrastive terms run through the frozen teachers).
-TEACHER_STEPS=${TEACHER_STEPS:-700}
-HAZE_TEACHER_STEPS=${HAZE_TEACHER_STEPS:-500}
-FAST_KC=${FAST_KC:-400}
-FAST_KE=${FAST_KE:-400}
-QUALITY_KC=${QUALITY_KC:-250}
-QUALITY_KE=${QUALITY_KE:-250}
+# Sized for about 100 minutes of a 2-core machine shared with other work. Measured with one-thread lanes:
+# teacher ~2 steps/s; student_small ~2-5 steps/s in KC and ~6-15 in KE; student_base ~1 step/s.
+TEACHER_STEPS=${TEACHER_STEPS:-1500}
+HAZE_TEACHER_STEPS=${HAZE_TEACHER_STEPS:-1200}
+FAST_KC=${FAST_KC:-2000}
+FAST_KE=${FAST_KE:-2000}
+QUALITY_KC=${QUALITY_KC:-600}
+QUALITY_KE=${QUALITY_KE:-600}
 # Students train on 64 px crops (2.25x cheaper than the preset's 96) to fit the time.
 STUDENT_CROP=${STUDENT_CROP:-64}
 COMMON=(--meta-dir "$META" --preset cpu --threads 1 --no-progress)
+# The two-stage students' loss settings on top of the cpu preset (read when each student starts).
+STUDENTS_YAML=scripts/default_students.yaml
 
 mkdir -p "$RUNS" "$MODELS"
 
@@ -59,11 +61,11 @@ teacher_snow() { run teacher_snow teacher --weather snow --steps "$TEACHER_STEPS
 teacher_haze() { run teacher_haze teacher --weather haze --steps "$HAZE_TEACHER_STEPS"; }
 # The shipped students: KC (T-pixel, PFE, PFV, SCR) then KE (G-pixel, HCR), contrast in the teachers' taps.
 student_fast() {
-    run student_fast student --model student_small --teachers "${TEACHERS[@]}" --mcr teacher \
+    run student_fast student --model student_small --teachers "${TEACHERS[@]}" --mcr teacher --config "$STUDENTS_YAML" \
         --crop "$STUDENT_CROP" --kc-steps "$FAST_KC" --ke-steps "$FAST_KE"
 }
 student_quality() {
-    run student_quality student --model student_base --teachers "${TEACHERS[@]}" --mcr teacher \
+    run student_quality student --model student_base --teachers "${TEACHERS[@]}" --mcr teacher --config "$STUDENTS_YAML" \
         --crop "$STUDENT_CROP" --kc-steps "$QUALITY_KC" --ke-steps "$QUALITY_KE"
 }
 # Baselines of the quality table, for the fast student: direct training for the same number of steps,
@@ -72,7 +74,7 @@ direct_fast() {
     run direct_fast student --model student_small --direct --crop "$STUDENT_CROP" --kc-steps "$FAST_KC" --ke-steps "$FAST_KE"
 }
 nomcr_fast() {
-    run nomcr_fast student --model student_small --teachers "${TEACHERS[@]}" --mcr none \
+    run nomcr_fast student --model student_small --teachers "${TEACHERS[@]}" --mcr none --config "$STUDENTS_YAML" \
         --crop "$STUDENT_CROP" --kc-steps "$FAST_KC" --ke-steps "$FAST_KE"
 }
 

@@ -171,3 +171,37 @@ def test_sigint_saves_a_checkpoint_and_resume_continues(chain, tmp_path):
     assert main(["train", "teacher", "--weather", "rain", "--meta-dir", str(chain["data"]), "-o", str(out),
                  "--preset", "tiny", "--model", "student_small", *TEACHER, "--steps", str(step + 2),
                  "--run-dir", str(run), "--resume"]) == 1
+
+
+def test_sigkill_loses_at_most_the_checkpoint_interval(chain, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    # A checkpoint at every log interval (0.0001 min): a killed run resumes past step 0.
+    command = [sys.executable, "-m", "unweather.cli", "train", "teacher", "--weather", "rain", "--meta-dir",
+               str(chain["data"]), "-o", str(tmp_path / "t.safetensors"), "--preset", "tiny", "--model",
+               "student_small", *TEACHER, "--steps", "100000", "--val-every", "100000", "--threads", "1",
+               "--run-dir", str(run), "--set", "log.checkpoint_minutes=0.0001"]
+
+    def start_then_kill(args: list[str], until) -> str:
+        proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not until():
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+        finally:
+            proc.kill()
+            _, err = proc.communicate(timeout=60)
+        return err
+
+    def step() -> int:
+        return json.loads((run / "last.json").read_text())["step"] if (run / "last.json").is_file() else 0
+
+    start_then_kill(command, lambda: step() >= 4)
+    killed_at = step()
+    assert killed_at >= 4
+    err = start_then_kill([*command, "--resume"], lambda: step() > killed_at)
+    assert f"at step {killed_at} of 100000" in err

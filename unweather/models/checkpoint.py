@@ -127,6 +127,10 @@ def save(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=header)
+        # mkstemp makes the file private (0600); a saved network gets the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
