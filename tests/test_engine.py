@@ -204,6 +204,17 @@ def test_requests_that_cannot_be_honoured_are_errors():
         choose("registry", None, "tvm", None, None, **_NO_GPU)
 
 
+def test_tensorrt_without_tensorrt_or_gpu_names_what_is_missing():
+    with pytest.raises(UnweatherError, match=r"needs TensorRT and a CUDA GPU: TensorRT is not installed.*no CUDA GPU"):
+        choose("registry", None, "tensorrt", None, None, **_NO_GPU)
+    with pytest.raises(UnweatherError, match=r"needs TensorRT and a CUDA GPU: torch sees no CUDA GPU$"):
+        choose("onnx", None, "tensorrt", "fp16", None, cuda=False, tensorrt=True, ort_cuda=False)
+    with pytest.raises(UnweatherError, match=r"needs TensorRT and a CUDA GPU: TensorRT is not installed"):
+        choose("tensorrt", None, "auto", None, None, cuda=True, tensorrt=False, ort_cuda=False)
+    c = choose("onnx", None, "tensorrt", "fp16", None, **_FULL_GPU)
+    assert (c.backend, c.device.type, c.precision) == ("tensorrt", "cuda", "fp16")
+
+
 def test_onnx_files_go_to_onnxruntime_without_tensorrt():
     assert choose("onnx", None, "auto", "fp16", None, **_NO_GPU).backend == "onnxruntime"
     c = choose("onnx", None, "auto", "fp16", None, cuda=True, tensorrt=False, ort_cuda=True)
@@ -305,6 +316,15 @@ def test_tiling_options_are_checked():
         engine.set_tiling(50, 8)
     with pytest.raises(UnweatherError, match="overlap"):
         engine.set_tiling(64, 40)
+
+
+def test_run_config_tile_reaches_the_engine():
+    from unweather.stream.config import RunConfig
+    from unweather.stream.runner import open_engine
+
+    engine = open_engine(RunConfig(model="student_small", backend="torch", device="cpu", tile=64, tile_overlap=16))
+    assert (engine.tile, engine.tile_overlap) == (64, 16)
+    assert open_engine(RunConfig(model="identity", backend="torch", device="cpu")).tile is None
 
 
 def test_tiled_function_blends_constant_outputs_exactly():

@@ -15,6 +15,7 @@ _BUILD_EPILOG = """\
 examples:
   unweather build quality-fp16.onnx -o quality.plan
   unweather build quality-fp16.onnx -o quality-4k.plan --opt-shape 1x3x2160x3840 --max-shape 1x3x2160x3840
+  unweather run dashcam.mp4 --model quality.plan        # or --model quality --backend tensorrt: built and cached
 """
 
 
@@ -55,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--max-shape", default=None, metavar="NxCxHxW", help="largest input (default: 4x3x1088x1920)")
     b.add_argument("--workspace", type=int, default=None, metavar="MB", help="builder workspace limit in MB")
     b.add_argument("--device", default="cuda", help="CUDA device to build for (default: cuda)")
+    b.add_argument("--force", action="store_true", help="build even when FILE.plan is up to date for this graph, "
+                                                    "profile, TensorRT and GPU")
     b.set_defaults(func=build_handler)
 
 
@@ -78,7 +81,17 @@ def export_handler(args: argparse.Namespace) -> int:
 
 def build_handler(args: argparse.Namespace) -> int:
     """`unweather build`."""
-    from unweather.engine.tensorrt_build import Profile, build_engine, parse_shape
+    from pathlib import Path
+
+    from unweather.engine.tensorrt_build import (
+        Profile,
+        build_engine,
+        expected_metadata,
+        parse_shape,
+        read_sidecar,
+        rebuild_reason,
+    )
+    from unweather.errors import UnweatherError
 
     default = Profile()
     profile = Profile(
@@ -86,7 +99,17 @@ def build_handler(args: argparse.Namespace) -> int:
         parse_shape(args.opt_shape) if args.opt_shape else default.opt,
         parse_shape(args.max_shape) if args.max_shape else default.max,
     )
-    meta = build_engine(args.onnx, args.output, profile, args.workspace, args.device)
+    onnx = Path(args.onnx)
+    if not onnx.is_file():
+        raise UnweatherError(f"ONNX file not found: {onnx}")
+    if not args.force:
+        reason = rebuild_reason(args.output, expected_metadata(onnx, profile, args.device, args.workspace))
+        if reason is None:
+            meta = read_sidecar(args.output) or {}
+            print(f"{args.output} is up to date (TensorRT {meta.get('tensorrt')}, {meta.get('gpu')}, "
+                  f"{profile.describe()}); --force builds it again")
+            return 0
+    meta = build_engine(onnx, args.output, profile, args.workspace, args.device)
     print(f"wrote {args.output} ({meta['precision']}, TensorRT {meta['tensorrt']}, {meta['gpu']}, "
           f"{profile.describe()}, {meta['build_seconds']} s) and {args.output}.json")
     return 0

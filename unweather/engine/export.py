@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,7 +158,7 @@ def half_model(net: nn.Module, keep_fp32: Sequence[str] = ()) -> tuple[nn.Module
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, attr, Float32Island(getattr(parent, attr)))
-    return HalfGraph(model), outer
+    return HalfGraph(model).eval(), outer
 
 
 def _example_size(multiple: int, min_size: int) -> int:
@@ -199,7 +200,6 @@ def export_onnx(net: nn.Module, path: str | os.PathLike[str], config: ExportConf
         UnweatherError: a bad option, a graph the checker refuses, or an FP16 graph that
             produces NaN/Inf or falls below `min_psnr` (the message names `--keep-fp32`).
     """
-    import onnx
 
     from unweather.models.checkpoint import unwrap
 
@@ -220,43 +220,14 @@ def export_onnx(net: nn.Module, path: str | os.PathLike[str], config: ExportConf
     if config.precision == "fp16":
         module, kept = half_model(base, config.keep_fp32)
     size = _example_size(multiple, min_size)
-    # Batch 2: an example of batch 1 lets torch.export specialise the batch dimension to 1.
-    example = torch.rand(2, 3, size, size)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    saved_levels = _quiet_torch_onnx()
     try:
-        logger.info("exporting %s (%s, opset %d)", getattr(base, "arch", type(base).__name__), config.precision,
-                    config.opset)
-        with torch.no_grad():
-            torch.onnx.export(module, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              opset_version=config.opset, dynamo=True, external_data=False, verbose=False,
-                              dynamic_shapes=_dynamic_shapes(multiple, min_size))
-        model = onnx.load(str(tmp))
-        _rename_io(model)
-        metadata = {
-            "unweather.arch": str(getattr(base, "arch", type(base).__name__)),
-            "unweather.options": json.dumps(getattr(base, "arch_options", {}), sort_keys=True, default=str),
-            "unweather.precision": config.precision,
-            "unweather.pad_multiple": str(multiple),
-            "unweather.min_size": str(min_size),
-            "unweather.keep_fp32": json.dumps(kept),
-            "unweather.torch": torch.__version__,
-        }
-        del model.metadata_props[:]
-        for key, value in metadata.items():
-            entry = model.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.save(model, str(tmp))
-        try:
-            onnx.checker.check_model(str(tmp), full_check=True)
-        except onnx.checker.ValidationError as exc:
-            raise UnweatherError(f"the exported graph fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
-
+        model = _trace(base, module, tmp, config, kept)
         report = ExportReport(path=path, precision=config.precision, operators=graph_operators(model),
                               max_abs_diff=0.0, kept_fp32=kept, initializer_types=initializer_types(model))
         session = _cpu_session(tmp)
@@ -271,10 +242,71 @@ def export_onnx(net: nn.Module, path: str | os.PathLike[str], config: ExportConf
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-        for log, level in saved_levels:
-            log.setLevel(level)
     logger.debug("%s", report.summary())
     return report
+
+
+def _trace(base: nn.Module, module: nn.Module, path: Path, config: ExportConfig, kept: list[str]) -> object:
+    """Export `module` (`base`, or its FP16 wrapper) to `path` with our metadata; run the ONNX checker."""
+    import onnx
+
+    multiple = int(getattr(base, "pad_multiple", 1))
+    min_size = int(getattr(base, "min_size", 1))
+    size = _example_size(multiple, min_size)
+    # Batch 2: an example of batch 1 lets torch.export specialise the batch dimension to 1.
+    example = torch.rand(2, 3, size, size)
+    saved_levels = _quiet_torch_onnx()
+    try:
+        logger.info("exporting %s (%s, opset %d)", getattr(base, "arch", type(base).__name__), config.precision,
+                    config.opset)
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch's own pytree deprecation inside the exporter; nothing a user can act on.
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
+            torch.onnx.export(module, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              opset_version=config.opset, dynamo=True, external_data=False, verbose=False,
+                              dynamic_shapes=_dynamic_shapes(multiple, min_size))
+    finally:
+        for log, level in saved_levels:
+            log.setLevel(level)
+    model = onnx.load(str(path))
+    _rename_io(model)
+    metadata = {
+        "unweather.arch": str(getattr(base, "arch", type(base).__name__)),
+        "unweather.options": json.dumps(getattr(base, "arch_options", {}), sort_keys=True, default=str),
+        "unweather.precision": config.precision,
+        "unweather.pad_multiple": str(multiple),
+        "unweather.min_size": str(min_size),
+        "unweather.keep_fp32": json.dumps(kept),
+        "unweather.torch": torch.__version__,
+    }
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise UnweatherError(f"the exported graph fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
+    return model
+
+
+def trace_graph(net: nn.Module, precision: str = "fp32", opset: int = DEFAULT_OPSET,
+                keep_fp32: Sequence[str] = ()) -> object:
+    """The ONNX graph `export_onnx` writes for `net`, without its numerical checks (no file is kept).
+
+    For inspecting a graph's operators and types; a file to run comes from `export_onnx`, whose
+    FP16 accuracy gate this skips.
+    """
+    from unweather.models.checkpoint import unwrap
+
+    if precision not in ("fp32", "fp16"):
+        raise UnweatherError(f"ONNX export supports fp32 and fp16, not {precision!r}")
+    base = unwrap(net).eval().float().cpu()
+    module, kept = half_model(base, keep_fp32) if precision == "fp16" else (base, [])
+    config = ExportConfig(precision=precision, opset=opset, keep_fp32=tuple(keep_fp32))
+    with tempfile.TemporaryDirectory(prefix="unweather-trace-") as folder:
+        return _trace(base, module, Path(folder) / "graph.onnx", config, kept)
 
 
 def _rename_io(model: object) -> None:

@@ -114,12 +114,12 @@ def choose(source_kind: str, arch: str | None, backend: str, precision: str | No
         gpu_first = backend == "tensorrt" or (cuda and (backend == "torch" or (backend == "onnxruntime" and ort_cuda)))
         asked = torch.device("cuda" if gpu_first and cuda else "cpu")
     if backend == "tensorrt":
-        if asked.type != "cuda":
-            raise UnweatherError("TensorRT runs only on CUDA devices")
-        if not cuda:
-            raise UnweatherError("TensorRT needs a CUDA GPU, and torch sees none")
-        if not tensorrt:
-            raise UnweatherError("TensorRT is not installed (pip install 'unweather[tensorrt]')")
+        if device is not None and asked.type != "cuda":
+            raise UnweatherError(f"TensorRT runs only on CUDA devices, not {asked}")
+        missing = ([] if tensorrt else ["TensorRT is not installed (pip install 'unweather[tensorrt]')"]) + (
+            [] if cuda else ["torch sees no CUDA GPU"])
+        if missing:
+            raise UnweatherError(f"the tensorrt backend needs TensorRT and a CUDA GPU: {'; '.join(missing)}")
     if backend == "onnxruntime" and asked.type == "cuda" and not ort_cuda:
         raise UnweatherError("ONNX Runtime on CUDA needs onnxruntime-gpu (pip install 'unweather[gpu]')")
     if precision is None:
@@ -257,30 +257,35 @@ def _open_onnxruntime(source: ModelSource, choice: Choice, common: dict[str, Any
 
 def _open_tensorrt(source: ModelSource, choice: Choice, common: dict[str, Any], specific: dict[str, Any],
                    cache: Path) -> Engine:
-    from unweather.engine.tensorrt_backend import EngineLoadError, TensorRTEngine
+    from unweather.engine.tensorrt_backend import TensorRTEngine
     from unweather.engine.tensorrt_build import (
         Profile,
         build_engine,
         cached_engine,
+        load_or_rebuild,
         parse_shape,
         read_sidecar,
     )
 
+    def load(plan: Path) -> Engine:
+        return TensorRTEngine(plan, device=choice.device, precision=choice.precision)
+
     if source.kind == "tensorrt":
         assert source.path is not None
-        meta = read_sidecar(source.path) or {}
+        plan = source.path
+        meta = read_sidecar(plan) or {}
         if meta.get("precision") and meta["precision"] != choice.precision:
-            raise UnweatherError(f"{source.path} computes in {meta['precision']}, not {choice.precision}")
-        try:
-            return TensorRTEngine(source.path, device=choice.device, precision=choice.precision)
-        except EngineLoadError as exc:
+            raise UnweatherError(f"{plan} computes in {meta['precision']}, not {choice.precision}")
+
+        def rebuild_file(reason: str) -> None:
             onnx_path = Path(meta.get("onnx", ""))
             if not meta or not onnx_path.is_file():
-                raise UnweatherError(f"{exc}; rebuild it with `unweather build ONNX_FILE -o {source.path}`") from exc
-            logger.warning("%s; rebuilding it from %s", exc, onnx_path)
-            build_engine(onnx_path, source.path, Profile.from_dict(meta["profile"]), meta.get("workspace_mb"),
-                         choice.device)
-            return TensorRTEngine(source.path, device=choice.device, precision=choice.precision)
+                raise UnweatherError(f"{reason}; its ONNX graph is not known or gone, so rebuild it with "
+                                     f"`unweather build ONNX_FILE -o {plan}`")
+            logger.info("rebuilding %s from %s", plan, onnx_path)
+            build_engine(onnx_path, plan, Profile.from_dict(meta["profile"]), meta.get("workspace_mb"), choice.device)
+
+        return load_or_rebuild(lambda: load(plan), rebuild_file)
 
     default = Profile()
     profile = Profile(
@@ -291,9 +296,5 @@ def _open_tensorrt(source: ModelSource, choice: Choice, common: dict[str, Any], 
     workspace = specific.get("workspace")
     onnx_path = _graph_for(source, choice, common, cache, specific.get("opset"))
     plan = cached_engine(onnx_path, cache, profile, workspace, choice.device)
-    try:
-        return TensorRTEngine(plan, device=choice.device, precision=choice.precision)
-    except EngineLoadError as exc:
-        logger.warning("%s; rebuilding it", exc)
-        plan = cached_engine(onnx_path, cache, profile, workspace, choice.device, force=True)
-        return TensorRTEngine(plan, device=choice.device, precision=choice.precision)
+    return load_or_rebuild(lambda: load(plan),
+                           lambda _reason: cached_engine(onnx_path, cache, profile, workspace, choice.device, force=True))

@@ -18,6 +18,7 @@ import torch
 
 from unweather.engine.base import Engine
 from unweather.engine.tensorrt_build import (
+    EngineLoadError,
     format_shape,
     gpu_identity,
     import_tensorrt,
@@ -29,9 +30,7 @@ from unweather.errors import UnweatherError
 
 logger = logging.getLogger(__name__)
 
-
-class EngineLoadError(UnweatherError):
-    """An engine file that this TensorRT cannot deserialise (other version, other GPU, damaged file)."""
+__all__ = ["EngineLoadError", "TensorRTEngine"]
 
 
 def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:

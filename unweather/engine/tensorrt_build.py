@@ -26,9 +26,10 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from packaging.version import InvalidVersion, Version
 
@@ -37,11 +38,16 @@ from unweather.errors import UnweatherError
 logger = logging.getLogger(__name__)
 
 Shape = tuple[int, int, int, int]
+T = TypeVar("T")
 MIN_TENSORRT = Version("10.0")
 FORMAT = "unweather-tensorrt-engine/1"
 DEFAULT_MIN = (1, 3, 64, 64)
 DEFAULT_OPT = (1, 3, 720, 1280)
 DEFAULT_MAX = (4, 3, 1088, 1920)
+
+
+class EngineLoadError(UnweatherError):
+    """An engine file that this TensorRT cannot deserialise (other version, other GPU, damaged file)."""
 
 
 @dataclass(frozen=True)
@@ -229,6 +235,58 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def write_engine(plan_path: str | os.PathLike[str], data: bytes, meta: dict[str, Any]) -> dict[str, Any]:
+    """Write an engine and then its sidecar (size and SHA-256 of `data` added to `meta`); return the sidecar.
+
+    Both go through a temporary file and a rename; the sidecar comes second, so a crash in between
+    leaves an engine without metadata, which `rebuild_reason` rejects.
+    """
+    plan_path = Path(plan_path)
+    write_atomic(plan_path, data)
+    meta = {**meta, "format": FORMAT, "plan_size": len(data), "plan_sha256": hashlib.sha256(data).hexdigest()}
+    write_atomic(sidecar_path(plan_path), (json.dumps(meta, indent=2) + "\n").encode())
+    return meta
+
+
+def engine_path(cache: str | os.PathLike[str], onnx_path: str | os.PathLike[str], key: str) -> Path:
+    """Where the cache keeps the engine of `onnx_path` under `key`."""
+    return Path(cache) / "engines" / f"{Path(onnx_path).stem}-{key[:16]}.plan"
+
+
+def timing_cache_path(cache: str | os.PathLike[str], expected: dict[str, Any]) -> Path:
+    """The cache's timing cache for one TensorRT version and GPU (a timing cache is valid for those only)."""
+    tag = re.sub(r"[^A-Za-z0-9.]+", "-", f"{expected['tensorrt']}-{expected['gpu']}-{expected['compute_capability']}")
+    return Path(cache) / "engines" / f"timing-{tag}.cache"
+
+
+def ensure_engine(onnx_path: str | os.PathLike[str], cache: str | os.PathLike[str], expected: dict[str, Any],
+                  build: Callable[[Path, Path], object], force: bool = False) -> Path:
+    """The cached engine for `expected` (see `expected_metadata`), calling `build(plan, timing_cache)` when
+    there is none or it cannot be used (`rebuild_reason`), or when `force`."""
+    plan = engine_path(cache, onnx_path, expected["key"])
+    reason = "a rebuild was asked for" if force else rebuild_reason(plan, expected)
+    if reason is None:
+        logger.info("using the cached TensorRT engine %s", plan)
+        return plan
+    logger.info("building the TensorRT engine %s: %s", plan.name, reason)
+    build(plan, timing_cache_path(cache, expected))
+    return plan
+
+
+def load_or_rebuild(load: Callable[[], T], rebuild: Callable[[str], object]) -> T:
+    """`load()`; when it raises `EngineLoadError`, `rebuild(reason)` once and load again.
+
+    An engine that does not deserialise (built by another TensorRT, for another GPU, or damaged
+    after its metadata was written) is rebuilt, never a crash; a second failure is raised.
+    """
+    try:
+        return load()
+    except EngineLoadError as exc:
+        logger.warning("%s; rebuilding it", exc)
+        rebuild(str(exc))
+    return load()
+
+
 # ---- parts that need TensorRT and a GPU --------------------------------------------------------------
 
 
@@ -355,19 +413,16 @@ def build_engine(onnx_path: str | os.PathLike[str], plan_path: str | os.PathLike
         data = bytes(serialized)
         write_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
 
-    write_atomic(plan_path, data)
     meta.update({
         "onnx": str(onnx_path.resolve()),
         "arch": onnx_meta.get("unweather.arch"),
         "precision": onnx_meta.get("unweather.precision", "fp32"),
         "pad_multiple": multiple,
         "min_size": min_size,
-        "plan_size": len(data),
-        "plan_sha256": hashlib.sha256(data).hexdigest(),
         "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "build_seconds": round(time.perf_counter() - start, 1),
     })
-    write_atomic(sidecar_path(plan_path), (json.dumps(meta, indent=2) + "\n").encode())
+    meta = write_engine(plan_path, data, meta)
     logger.info("built %s in %.0f s", plan_path, meta["build_seconds"])
     return meta
 
@@ -388,14 +443,8 @@ def cached_engine(onnx_path: str | os.PathLike[str], cache: str | os.PathLike[st
     onnx_path = Path(onnx_path)
     profile = profile or Profile()
     expected = expected_metadata(onnx_path, profile, device, workspace_mb)
-    plan = Path(cache) / "engines" / f"{onnx_path.stem}-{expected['key'][:16]}.plan"
-    reason = "a rebuild was asked for" if force else rebuild_reason(plan, expected)
-    if reason is None:
-        logger.info("using the cached TensorRT engine %s", plan)
-        return plan
-    logger.info("building the TensorRT engine %s: %s", plan.name, reason)
-    # A timing cache is only valid for one TensorRT version and GPU: one file for each.
-    tag = re.sub(r"[^A-Za-z0-9.]+", "-", f"{expected['tensorrt']}-{expected['gpu']}-{expected['compute_capability']}")
-    build_engine(onnx_path, plan, profile, workspace_mb, device,
-                 timing_cache=Path(cache) / "engines" / f"timing-{tag}.cache")
-    return plan
+
+    def build(plan: Path, timing_cache: Path) -> None:
+        build_engine(onnx_path, plan, profile, workspace_mb, device, timing_cache=timing_cache)
+
+    return ensure_engine(onnx_path, cache, expected, build, force=force)
