@@ -37,6 +37,7 @@ class RunConfig:
             (seconds; see `unweather.stream.network.NetworkOptions`).
         rtsp_transport: "tcp" (default) or "udp" for RTSP sources and outputs.
         device_size, device_rate, device_format: capture-device settings (e.g. "1280x720", 30, "mjpeg").
+        tile, tile_overlap: restore frames larger than tile x tile in overlapping tiles (None: whole frames).
     """
 
     model: str | None = None
@@ -65,6 +66,8 @@ class RunConfig:
     device_size: str | None = None
     device_rate: float | None = None
     device_format: str | None = None
+    tile: int | None = None
+    tile_overlap: int = 32
     extra: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
