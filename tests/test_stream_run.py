@@ -124,3 +124,21 @@ def test_conversion_threads_use_one_cpu_thread_without_changing_the_others() -> 
     thread.start()
     thread.join()
     assert later == [before]
+
+
+def test_folder_of_images_of_several_sizes(tmp_path: Path, capsys) -> None:
+    import cv2
+
+    folder = tmp_path / "mixed"
+    make_images(folder, count=2, size=(40, 30))
+    (odd,) = make_images(tmp_path / "other", count=1, size=(27, 19), ext=".jpg")
+    odd.rename(folder / "img_001b.jpg")
+    stats = run(str(folder), str(tmp_path / "out") + "/", RunConfig(model="identity", progress=False, batch=4))
+    assert stats.frames_out == 3
+    sizes = {p.name: cv2.imread(str(p)).shape[:2] for p in (tmp_path / "out").iterdir()}
+    assert sizes == {"img_000.png": (30, 40), "img_001.png": (30, 40), "img_001b.jpg": (19, 27)}
+    # One video holds one size: a clear error, and the frames before it are kept.
+    assert main(["run", str(folder), "-o", str(tmp_path / "mixed.mp4"), "--model", "identity", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "frames of different sizes (27x19 after 40x30) cannot go into one video" in err, err
+    assert playable(tmp_path / "mixed.mp4") == 2
