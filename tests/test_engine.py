@@ -51,6 +51,16 @@ def test_registry_name_opens_torch_engine_that_pads_and_crops():
     assert out.shape == x.shape and torch.isfinite(out).all()
 
 
+def test_a_registry_name_is_the_same_network_every_time_without_touching_the_global_seed():
+    torch.manual_seed(5)
+    expected_next = torch.rand(3)
+    torch.manual_seed(5)
+    a = sources.load_network(sources.resolve("student_small"))
+    assert torch.equal(torch.rand(3), expected_next)
+    b = sources.load_network(sources.resolve("student_small"))
+    assert sources.network_digest(a) == sources.network_digest(b)  # one cached ONNX export per name
+
+
 def test_checkpoint_safetensors_and_pth_load_the_same_weights(tmp_path):
     net = _student()
     save(net, tmp_path / "s.safetensors")

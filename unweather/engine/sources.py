@@ -109,7 +109,10 @@ def load_network(source: ModelSource, trusted: bool = False) -> nn.Module:
     from unweather.models import build, load_checkpoint
 
     if source.kind == "registry":
-        return build(source.name).eval()
+        # Untrained weights, seeded: every open of a name gets the same network, hence one cached export.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return build(source.name).eval()
     if source.kind in ("weights", "checkpoint"):
         assert source.path is not None
         return load_checkpoint(source.path, trusted=trusted)
