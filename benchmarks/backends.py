@@ -26,6 +26,7 @@ import logging
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,8 +246,12 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run(settings: Settings, command: str) -> dict[str, Any]:
-    """Measure everything `settings` asks for and return the results payload."""
+def run(settings: Settings, command: str, save: Callable[[dict[str, Any]], object] | None = None) -> dict[str, Any]:
+    """Measure everything `settings` asks for and return the results payload.
+
+    `save(payload)` is called after every combination with what is measured so far
+    ("complete": false), so an interrupted run keeps its figures; Ctrl-C ends the run early.
+    """
     from unweather.machine import load_average, machine_info
 
     if settings.threads:
@@ -256,24 +261,7 @@ def run(settings: Settings, command: str) -> dict[str, Any]:
     started = time.perf_counter()
     results: list[dict[str, Any]] = []
     selected = [r for r in rows(settings.threads) if r.device in settings.devices]
-    for resolution in settings.resolutions:
-        frames = _frames(resolution, settings.frames)
-        for model in settings.models:
-            for row in selected:
-                t0 = time.perf_counter()
-                result = measure(model, row, resolution, frames, settings)
-                result["wall_s"] = round(time.perf_counter() - t0, 1)
-                results.append(result)
-                if result["status"] == "ok":
-                    logger.info("%s %s %s: median %.1f ms, p95 %.1f ms (%d samples, %.0f s)", model, resolution,
-                                row.label, result["median_ms"], result["p95_ms"], result["samples"],
-                                result["wall_s"])
-                else:
-                    logger.info("%s %s %s: %s (%s)", model, resolution, row.label, result["status"],
-                                result["reason"])
-    add_ratios(results)
-    machine["load_average_end"] = load_average()
-    return {
+    payload: dict[str, Any] = {
         "schema": "unweather.benchmarks.backends/1",
         "command": command,
         "settings": {"models": settings.models, "resolutions": settings.resolutions, "frames": settings.frames,
@@ -283,9 +271,44 @@ def run(settings: Settings, command: str) -> dict[str, Any]:
         "note": "engine alone, batch 1, frames on the device; ratio = torch fp32 eager median / row median, "
                 "same device, model and resolution",
         "machine": machine,
-        "duration_s": round(time.perf_counter() - started, 1),
+        "complete": False,
         "results": results,
     }
+    try:
+        _measure_all(settings, selected, results, payload, started, save)
+        payload["complete"] = True
+    except KeyboardInterrupt:
+        logger.warning("interrupted: keeping the %d combinations measured", len(results))
+    add_ratios(results)
+    machine["load_average_end"] = load_average()
+    payload["duration_s"] = round(time.perf_counter() - started, 1)
+    return payload
+
+
+def _measure_all(settings: Settings, selected: list[Row], results: list[dict[str, Any]], payload: dict[str, Any],
+                 started: float, save: Callable[[dict[str, Any]], object] | None) -> None:
+    from unweather.machine import load_average
+
+    for resolution in settings.resolutions:
+        frames = _frames(resolution, settings.frames)
+        for model in settings.models:
+            for row in selected:
+                t0 = time.perf_counter()
+                result = measure(model, row, resolution, frames, settings)
+                result["wall_s"] = round(time.perf_counter() - t0, 1)
+                result["load_average"] = load_average()
+                results.append(result)
+                if save is not None and row.device == "cpu":
+                    add_ratios(results)
+                    payload["duration_s"] = round(time.perf_counter() - started, 1)
+                    save(payload)
+                if result["status"] == "ok":
+                    logger.info("%s %s %s: median %.1f ms, p95 %.1f ms (%d samples, %.0f s)", model, resolution,
+                                row.label, result["median_ms"], result["p95_ms"], result["samples"],
+                                result["wall_s"])
+                else:
+                    logger.info("%s %s %s: %s (%s)", model, resolution, row.label, result["status"],
+                                result["reason"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,7 +330,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="record the fastest CPU backend per model in unweather/engine/cpu_backends.json")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    # The exporter's optimiser logs every rewrite at INFO: only this script and unweather speak.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for name in ("benchmarks", "unweather"):
+        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     from unweather import models
     from unweather.bench.config import parse_resolution
     from unweather.errors import UnweatherError
@@ -328,10 +354,13 @@ def main(argv: list[str] | None = None) -> int:
                         max_seconds=args.max_seconds, max_call_seconds=args.max_call_seconds, threads=args.threads,
                         devices=("cpu",) if args.cpu_only else ("cpu", "cuda"))
     command = shlex.join(["python", "benchmarks/backends.py", *(argv if argv is not None else sys.argv[1:])])
-    payload = run(settings, command)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    path = save_results(args.json or RESULTS / f"backends-{stamp}.json", payload)
+    target = Path(args.json) if args.json else RESULTS / f"backends-{stamp}.json"
+    payload = run(settings, command, save=lambda partial: save_results(target, partial))
+    path = save_results(target, payload)
     print(table(payload["results"]))
+    if not payload["complete"]:
+        print("\ninterrupted: the results hold the combinations measured so far")
     print(f"\n{len(payload['results'])} combinations in {payload['duration_s']:.0f} s; load average "
           f"{payload['machine']['load_average_start']} -> {payload['machine']['load_average_end']}; wrote {path}")
     if args.write_choice:
