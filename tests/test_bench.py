@@ -220,6 +220,27 @@ def test_engine_timing_counts_every_call_and_batches_keep_their_shape():
     assert result["calls_per_repeat"] == 3 and result["frames_per_call"] == 2
 
 
+def test_ctrl_c_stops_the_engine_worker_at_its_next_call():
+    import signal
+    import threading
+
+    from unweather.bench.runner import in_worker_thread
+
+    calls = []
+
+    def engine(x):
+        calls.append(1)
+        if len(calls) == 3:
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # Ctrl-C
+        time.sleep(0.01)
+        return x
+
+    stop = threading.Event()
+    with pytest.raises(KeyboardInterrupt):
+        in_worker_thread(time_engine, engine, [torch.zeros(1, 3, 8, 8)], 0, 10_000, None, stop, stop=stop)
+    assert stop.is_set() and 3 <= len(calls) < 100
+
+
 def test_ratios_follow_the_baseline_of_the_same_group():
     def row(backend, precision, median, res="64x48", baseline=False, status="ok"):
         return {"model": "m", "backend": backend, "precision": precision, "resolution": res, "batch": 1,

@@ -156,5 +156,9 @@ def handle(args: argparse.Namespace) -> int:
     if args.plot:
         write_plot(payload, args.plot)
         logger.info("plot written to %s", args.plot)
+    if payload.get("interrupted"):
+        return 130
     ok = sum(r["status"] == "ok" for r in payload["results"])
+    if not ok:
+        logger.error("no combination could be measured here (the reasons are listed above)")
     return 0 if ok else 1

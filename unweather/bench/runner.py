@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import math
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -202,13 +203,14 @@ class TooSlowError(UnweatherError):
 
 
 def time_engine(engine: Any, batches: list[torch.Tensor], warmup: int, repeats: int,
-                max_call_s: float | None = None) -> dict[str, Any]:
+                max_call_s: float | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
     """Time `engine` alone: `warmup` untimed calls, then `repeats` passes over `batches`.
 
     Each call is timed between device synchronisations, so queued GPU work is never missed. On a
     GPU, each repetition also makes one pass synchronised only at its end, which lets calls overlap
     as they do in a stream: its FPS is reported as `fps_async`. The garbage collector is paused
-    while timing. With `max_call_s`, a first call slower than that raises `TooSlowError`.
+    while timing. With `max_call_s`, a first call slower than that raises `TooSlowError`; once
+    `stop` is set (Ctrl-C in the main thread), the next call raises `KeyboardInterrupt` instead.
     """
     device = batches[0].device
     batch = batches[0].shape[0]
@@ -223,6 +225,7 @@ def time_engine(engine: Any, batches: list[torch.Tensor], warmup: int, repeats: 
         with torch.inference_mode():
             t0 = time.perf_counter()
             for i in range(warmup):
+                _check_stop(stop)
                 engine(batches[i % len(batches)])
                 synchronize(device)
                 if i == 0:
@@ -233,6 +236,7 @@ def time_engine(engine: Any, batches: list[torch.Tensor], warmup: int, repeats: 
                 synchronize(device)
                 start = time.perf_counter()
                 for frames in batches:
+                    _check_stop(stop)
                     t = time.perf_counter()
                     engine(frames)
                     synchronize(device)
@@ -272,16 +276,30 @@ def time_engine(engine: Any, batches: list[torch.Tensor], warmup: int, repeats: 
     return result
 
 
-def in_worker_thread(fn: Callable[..., T], *args: Any) -> T:
+def _check_stop(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise KeyboardInterrupt
+
+
+def in_worker_thread(fn: Callable[..., T], *args: Any, stop: threading.Event | None = None) -> T:
     """Call `fn(*args)` in a new thread and return its result (or raise its exception).
 
     The pipeline runs inference in a worker thread, so the engine is timed in one too: on a busy
     CPU, torch's OpenMP team behaves very differently for the main thread and for others (measured
     here: the same call 5-20x slower from the main thread of a 2-core machine at load 10, equal
     when the CPU is not oversubscribed), and the two numbers must be comparable.
+
+    Ctrl-C reaches only the main thread: it sets `stop` (which `fn` should watch, as `time_engine`
+    does) so that the worker ends at its next call, and is raised again once it has.
     """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-engine") as pool:
-        return pool.submit(fn, *args).result()
+        future = pool.submit(fn, *args)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            if stop is not None:
+                stop.set()
+            raise
 
 
 def _check_first_call(seconds: float, max_call_s: float | None) -> None:
@@ -375,10 +393,9 @@ def _release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def run_combination(combo: Combination, frames: torch.Tensor, clip: Path, config: BenchConfig,
-                    device: torch.device, workdir: Path) -> dict[str, Any]:
-    """Measure one combination: the engine alone, then the whole pipeline; never raises for a skip."""
-    row: dict[str, Any] = {
+def _row_head(combo: Combination) -> dict[str, Any]:
+    """What identifies a combination in the results."""
+    return {
         "model": combo.model.model,
         "backend": combo.backend.name,
         "backend_label": combo.backend.label,
@@ -390,6 +407,15 @@ def run_combination(combo: Combination, frames: torch.Tensor, clip: Path, config
         "batch": combo.batch,
         "baseline": combo.baseline,
     }
+
+
+def run_combination(combo: Combination, frames: torch.Tensor, clip: Path, config: BenchConfig,
+                    device: torch.device, workdir: Path) -> dict[str, Any]:
+    """Measure one combination: the engine alone, then the whole pipeline; never raises for a skip.
+
+    Ctrl-C (`KeyboardInterrupt`) is raised through, after the engine is closed.
+    """
+    row = _row_head(combo)
     combo_device, options = _split_device(combo, device)
     row["device"] = str(combo_device)
     exclusion = None if combo.baseline else combo.excluded_by(config.exclude)
@@ -410,8 +436,9 @@ def run_combination(combo: Combination, frames: torch.Tensor, clip: Path, config
             row["open_s"] = time.perf_counter() - start
             row["engine_device"] = str(engine.device)
             batches = make_batches(frames, combo.batch, engine.device)
+            stop = threading.Event()
             row["engine"] = in_worker_thread(time_engine, engine, batches, config.warmup, config.repeats,
-                                             config.max_call_s)
+                                             config.max_call_s, stop, stop=stop)
             del batches
             if config.pipeline:
                 row["pipeline"] = _guarded_pipeline(engine, clip, combo, config.repeats, workdir)
@@ -468,6 +495,9 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 def run_bench(config: BenchConfig, progress: bool = True, command: str | None = None) -> dict[str, Any]:
     """Measure every combination of `config` and return the results payload (see `save_results`).
 
+    Ctrl-C during the measurements stops them: the payload then holds what was measured, the
+    remaining combinations as skipped ("interrupted") and `"interrupted": True`.
+
     Args:
         config: what to measure.
         progress: show a progress bar over the combinations.
@@ -496,12 +526,22 @@ def run_bench(config: BenchConfig, progress: bool = True, command: str | None = 
         with logging_redirect_tqdm(loggers=[logging.getLogger("unweather")]):
             bar = tqdm(combos, desc="bench", unit="combination", disable=None if progress else True,
                        dynamic_ncols=True)
+            interrupted = False
             for combo in bar:
                 bar.set_postfix_str(combo.label)
                 frames, path = frames_by_res[combo.resolution]
-                row = run_combination(combo, frames, path, config, device, workdir)
+                try:
+                    row = run_combination(combo, frames, path, config, device, workdir)
+                except KeyboardInterrupt:
+                    interrupted = True
+                    break
                 _log_row(combo, row)
                 rows.append(row)
+            bar.close()
+    if interrupted:
+        logger.warning("interrupted: %d of %d combinations measured", len(rows), len(combos))
+        for combo in combos[len(rows):]:
+            rows.append({**_row_head(combo), "status": "skipped", "reason": "interrupted (Ctrl-C)"})
     add_ratios(rows)
     machine["load_average_end"] = load_average()
     # On a shared machine the other processes' share says how far absolute figures can be trusted.
@@ -514,6 +554,7 @@ def run_bench(config: BenchConfig, progress: bool = True, command: str | None = 
         "clips": clips,
         "machine": machine,
         "duration_s": time.perf_counter() - started,
+        "interrupted": interrupted,
         "results": rows,
     }
 
