@@ -7,6 +7,7 @@ rotation; audio packets are copied untouched.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -40,8 +41,12 @@ def _write_error(target: str, exc: BaseException) -> UnweatherError:
     return UnweatherError(f"cannot write {redact(target)}: {redact(strerror)}.")
 
 
-def probe_writable(path: str) -> None:
-    """Create `path` and write a little to it now: a missing folder, no permission or a full disk fail here."""
+def probe_writable(path: str, shown: str | None = None) -> None:
+    """Create `path` and write a little to it now: a missing folder, no permission or a full disk fail here.
+
+    On failure a file this created is removed again, and the error names `shown` (default: `path`).
+    """
+    existed = os.path.lexists(path)
     try:
         with open(path, "wb") as f:
             f.write(b"\0" * _PROBE_BYTES)
@@ -54,7 +59,10 @@ def probe_writable(path: str) -> None:
         with open(path, "wb"):
             pass  # leave an empty file: the muxer writes it from the start
     except OSError as exc:
-        raise _write_error(path, exc) from None
+        if not existed:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        raise _write_error(shown or path, exc) from None
 
 
 class Sink:
@@ -334,7 +342,13 @@ class ImageSink(Sink):
             except OSError as exc:
                 raise _write_error(target, exc) from None
             probe = os.path.join(target, ".unweather-write-probe")
-            probe_writable(probe)
+            try:
+                probe_writable(probe, shown=target.rstrip(os.sep) or target)
+            except UnweatherError:
+                if self._created_folder:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(target)
+                raise
             os.remove(probe)
         else:
             ext = os.path.splitext(target)[1].lower()
