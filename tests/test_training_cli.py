@@ -142,6 +142,25 @@ def test_direct_baseline(chain, tmp_path):
     assert not (tmp_path / "direct.ckt.safetensors").exists()
 
 
+def test_init_continues_a_student_and_refuses_another_shape(chain, tmp_path, capsys):
+    from unweather.models import load_checkpoint, read_metadata
+
+    teachers = [str(chain[w]) for w in WEATHERS]
+    common = ["train", "student", "--teachers", *teachers, "--meta-dir", str(chain["data"]), "--preset", "tiny",
+              "--model", "student_small", *STUDENT, "--kc-steps", "0", "--ke-steps", "2"]
+    out = tmp_path / "more.safetensors"
+    assert main([*common, "--init", str(chain["student"]), "-o", str(out), "--run-dir", str(tmp_path / "a"),
+                 "--set", "log.output=last", "--set", "optim.lr=1e-12"]) == 0
+    assert read_metadata(out)["init"] == str(chain["student"])
+    # With a vanishing learning rate the continued network is the one it started from.
+    before, after = load_checkpoint(chain["student"]).state_dict(), load_checkpoint(out).state_dict()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    capsys.readouterr()
+    assert main([*common, "--init", str(chain["rain"]), "-o", str(tmp_path / "x.safetensors"),
+                 "--run-dir", str(tmp_path / "b")]) == 1
+    assert "does not fit student_small" in capsys.readouterr().err
+
+
 def test_sigint_saves_a_checkpoint_and_resume_continues(chain, tmp_path):
     import signal
     import subprocess

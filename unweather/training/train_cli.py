@@ -62,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     student.add_argument("--direct", action="store_true",
                          help="the baseline: train the student directly on the mixed data with L1 for the "
                               "same number of steps, no teachers")
+    student.add_argument("--init", metavar="FILE",
+                         help="start the student from this network of the same architecture (e.g. to continue "
+                              "a finished run with more KE steps: --kc-steps 0)")
     student.set_defaults(func=_student)
 
 
@@ -312,6 +315,16 @@ def _student(args: argparse.Namespace) -> int:
         raise UnweatherError("the student needs a length: --kc-steps/--ke-steps, --kc-epochs/--ke-epochs or the "
                              "preset's schedule")
     student = build(cfg.model.arch, **cfg.model.options)
+    if args.init:
+        start = load_checkpoint(args.init)
+        if getattr(start, "arch", None) != cfg.model.arch:
+            raise UnweatherError(f"--init {args.init} is a {getattr(start, 'arch', 'unknown network')}, not the "
+                                 f"{cfg.model.arch} being trained")
+        try:
+            student.load_state_dict(start.state_dict())
+        except RuntimeError as exc:
+            raise UnweatherError(f"--init {args.init} does not fit {cfg.model.arch} with these options: "
+                                 f"{str(exc).splitlines()[0]}") from None
     teachers = [(w, load_checkpoint(path)) for w, path in teacher_files]
     ckt = None
     if not args.direct and kc > 0:
@@ -348,6 +361,8 @@ def _student(args: argparse.Namespace) -> int:
     metadata = _base_metadata("student", cfg, weathers, _dataset_record(args.meta_dir, weathers, train_sets))
     metadata["training"] = role_stages
     metadata["teachers"] = json.dumps({w: str(p) for w, p in teacher_files})
+    if args.init:
+        metadata["init"] = str(args.init)
     ckt_path = run_dir / "ckt.safetensors"
 
     def stage_end(stage: Stage, step: int) -> None:
