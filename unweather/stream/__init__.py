@@ -19,6 +19,13 @@ def run(input: str, output: str | None = None, config: RunConfig | None = None, 
     return _run(input, output, config, engine=engine, stop_event=stop_event)
 
 
+def run_many(inputs: list[str], output: str | None = None, config: RunConfig | None = None, **kwargs: Any):
+    """Restore several inputs at once, sharing one engine; see `unweather.stream.multi.run_many`."""
+    from unweather.stream.multi import run_many as _run_many
+
+    return _run_many(inputs, output, config, **kwargs)
+
+
 def open_engine(config: RunConfig):
     """The engine `config` asks for; see `unweather.stream.runner.open_engine`."""
     from unweather.stream.runner import open_engine as _open
@@ -34,4 +41,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["RunConfig", "RunStats", "open_engine", "run"]
+__all__ = ["RunConfig", "RunStats", "open_engine", "run", "run_many"]
