@@ -151,6 +151,19 @@ def test_cpu_default_precisions_skip_torch_fp16(tmp_path):
     assert "--precisions fp32 bf16" in payload["command"]
 
 
+def test_results_so_far_are_handed_out_after_each_combination():
+    from unweather.bench.runner import run_bench
+
+    config = BenchConfig(precisions=["fp32", "bf16", "fp16"], resolutions=[Resolution(32, 32)], frames=1,
+                         repeats=1, warmup=0, device="cpu", pipeline=False)
+    partials = []
+    final = run_bench(config, progress=False, on_result=partials.append)
+    assert [len(p["results"]) for p in partials] == [1, 2] and all(p["partial"] for p in partials)
+    assert partials[1]["results"][1]["precision"] == "bf16" and "engine" in partials[1]["results"][1]
+    assert "partial" not in final and len(final["results"]) == 3 and final["interrupted"] is False
+    json.dumps(partials[0], allow_nan=False)
+
+
 def test_cuda_request_without_gpu_is_skipped(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: the no-GPU skip cannot be shown")

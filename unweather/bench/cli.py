@@ -141,7 +141,9 @@ def handle(args: argparse.Namespace) -> int:
         exclude=[parse_exclusion(e) for e in args.exclude],
         max_call_s=args.max_call_seconds,
     )
-    payload = run_bench(config, progress=not args.no_progress, command=command_line(args))
+    # Each combination's results are saved as they come: a run killed after hours keeps them.
+    on_result = (lambda partial: save_results(args.json, partial)) if args.json else None
+    payload = run_bench(config, progress=not args.no_progress, command=command_line(args), on_result=on_result)
     report = markdown_report(payload)
     print(report)
     if args.json:

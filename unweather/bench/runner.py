@@ -492,7 +492,8 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
                 pipe["x_vs_baseline"] = pipe["fps"] / base_pipe["fps"]
 
 
-def run_bench(config: BenchConfig, progress: bool = True, command: str | None = None) -> dict[str, Any]:
+def run_bench(config: BenchConfig, progress: bool = True, command: str | None = None,
+              on_result: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Measure every combination of `config` and return the results payload (see `save_results`).
 
     Ctrl-C during the measurements stops them: the payload then holds what was measured, the
@@ -502,6 +503,8 @@ def run_bench(config: BenchConfig, progress: bool = True, command: str | None = 
         config: what to measure.
         progress: show a progress bar over the combinations.
         command: the command line that started the run, recorded in the results.
+        on_result: called after each combination with the payload so far (`"partial": True`), e.g.
+            to save it, so that a run that is killed keeps what it measured.
     """
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -515,6 +518,19 @@ def run_bench(config: BenchConfig, progress: bool = True, command: str | None = 
     combos = combinations(config)
     rows: list[dict[str, Any]] = []
     clips: dict[str, Any] = {}
+    interrupted = False
+
+    def payload(partial: bool) -> dict[str, Any]:
+        add_ratios(rows)
+        # On a shared machine the other processes' share says how far absolute figures can be trusted.
+        run_machine = {**machine, "load_average_end": load_average(), "cpu_share_during_run": cpu_share.stop()}
+        out = {"schema": SCHEMA, "command": command, "config": config.to_dict(), "device": str(device),
+               "clips": clips, "machine": run_machine, "duration_s": time.perf_counter() - started,
+               "interrupted": interrupted, "results": list(rows)}
+        if partial:
+            out["partial"] = True
+        return out
+
     with tempfile.TemporaryDirectory(prefix="unweather-bench-") as tmp:
         workdir = Path(tmp)
         frames_by_res: dict[Resolution, tuple[torch.Tensor, Path]] = {}
@@ -526,7 +542,6 @@ def run_bench(config: BenchConfig, progress: bool = True, command: str | None = 
         with logging_redirect_tqdm(loggers=[logging.getLogger("unweather")]):
             bar = tqdm(combos, desc="bench", unit="combination", disable=None if progress else True,
                        dynamic_ncols=True)
-            interrupted = False
             for combo in bar:
                 bar.set_postfix_str(combo.label)
                 frames, path = frames_by_res[combo.resolution]
@@ -537,26 +552,14 @@ def run_bench(config: BenchConfig, progress: bool = True, command: str | None = 
                     break
                 _log_row(combo, row)
                 rows.append(row)
+                if on_result is not None and len(rows) < len(combos):
+                    on_result(payload(partial=True))
             bar.close()
     if interrupted:
         logger.warning("interrupted: %d of %d combinations measured", len(rows), len(combos))
         for combo in combos[len(rows):]:
             rows.append({**_row_head(combo), "status": "skipped", "reason": "interrupted (Ctrl-C)"})
-    add_ratios(rows)
-    machine["load_average_end"] = load_average()
-    # On a shared machine the other processes' share says how far absolute figures can be trusted.
-    machine["cpu_share_during_run"] = cpu_share.stop()
-    return {
-        "schema": SCHEMA,
-        "command": command,
-        "config": config.to_dict(),
-        "device": str(device),
-        "clips": clips,
-        "machine": machine,
-        "duration_s": time.perf_counter() - started,
-        "interrupted": interrupted,
-        "results": rows,
-    }
+    return payload(partial=False)
 
 
 def _log_row(combo: Combination, row: dict[str, Any]) -> None:
