@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import shlex
 
@@ -114,8 +115,12 @@ def handle(args: argparse.Namespace) -> int:
     )
     from unweather.bench.report import markdown_report, write_plot
     from unweather.bench.runner import resolve_device, run_bench
+    from unweather.errors import UnweatherError
     from unweather.machine import save_results
 
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        # Said before the measurements, not after an hour of them.
+        raise UnweatherError("--plot needs matplotlib (pip install 'unweather[bench]')")
     device = resolve_device(args.device)
     if not args.models:
         from unweather import engine

@@ -163,7 +163,9 @@ def write_plot(payload: dict[str, Any], path: str | Path) -> Path:
         data = [r["engine"]["samples_ms"] for r in rows]
         labels = [f"{r['model']}\n{r['backend_label']} {r['precision']}\n{r['resolution']} b{r['batch']}"
                   for r in rows]
-        parts = ax.boxplot(data, tick_labels=labels, showfliers=True, patch_artist=True)
+        # Labels set on the axis: boxplot's own keyword was renamed in matplotlib 3.9.
+        parts = ax.boxplot(data, showfliers=True, patch_artist=True)
+        ax.set_xticks(range(1, len(labels) + 1), labels)
         for patch, r in zip(parts["boxes"], rows):
             patch.set_facecolor(colours[f"{r['backend_label']} {r['precision']}"])
         ax.tick_params(axis="x", labelsize="x-small", labelrotation=90)
