@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--models", nargs="+", metavar="MODEL", help="registry names, checkpoints or .onnx "
                         "files, optionally MODEL@WxH[,WxH] (default: the default model for the device)")
     parser.add_argument("--backends", nargs="+", metavar="BACKEND", default=list(DEFAULT_BACKENDS),
-                        help="backends, optionally with options (default: %(default)s)")
+                        help=f"backends, optionally with options (default: {' '.join(DEFAULT_BACKENDS)})")
     parser.add_argument("--precisions", nargs="+", metavar="P",
                         help=f"fp32, fp16, bf16 (default: {' '.join(DEFAULT_PRECISIONS)} on a GPU, "
                              f"{' '.join(DEFAULT_CPU_PRECISIONS)} on the CPU)")
