@@ -161,8 +161,10 @@ class Pipeline:
         if live:
             self.q_dec = FrameQueue("decode", 2, drop_oldest=True, on_drop=self._release_frame)
             self.q_up = FrameQueue("upload", 1, drop_oldest=True)
-            self.q_inf = FrameQueue("infer", 2)
-            self.q_enc = FrameQueue("encode", 4)
+            # Behind inference, a frame waits for at most one other in each queue: when the encoder is
+            # the slowest stage, latency stays a few frames' encoding time, and drops happen upstream.
+            self.q_inf = FrameQueue("infer", 1)
+            self.q_enc = FrameQueue("encode", 2)
         else:
             self.q_dec = FrameQueue("decode", cap)
             self.q_up = FrameQueue("upload", 2)
