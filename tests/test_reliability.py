@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from media import make_video, playable
+from media import make_images, make_video, playable
 from netservers import RtspServer, free_port, requires_gst_rtsp, wait_for
 
 from unweather.cli import main
@@ -117,6 +117,16 @@ def test_disk_that_fills_during_a_run_stops_it_at_once(tmp_path: Path, capfd, ex
     assert report["error"] and report["error"] in error
     # Reported while the input was still being read, not after the whole clip.
     assert 0 < report["frames_out"] <= report["frames_in"] < 300
+
+
+def test_image_that_cannot_be_written_gives_the_reason_and_leaves_no_partial_file(tmp_path: Path, capfd) -> None:
+    folder = tmp_path / "photos"
+    make_images(folder, count=2, size=(640, 480))  # about 190 kB as PNG
+    out = tmp_path / "restored"
+    with _file_size_limit(100_000):  # the 64 kB write probe passes, the first image does not
+        _, error, _ = _run_here(capfd, str(folder), "-o", f"{out}/", "--model", "identity")
+    assert f"cannot write {out / 'img_000.png'}: File too large" in error
+    assert not (out / "img_000.png").exists()
 
 
 @pytest.mark.parametrize("output", ["out.mkv", "frames/"])

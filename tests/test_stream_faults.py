@@ -140,18 +140,23 @@ class _Cli:
             self.proc.kill()
             raise AssertionError("the run never started:\n" + "\n".join(self.lines))
 
-    def finish(self, timeout: float = 60.0) -> int:
-        rc = self.proc.wait(timeout)
+    def finish(self, timeout: float = 120.0) -> int:
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # never leave a run behind the test
+            self.proc.wait(10)
+            raise AssertionError(f"the run did not end within {timeout} s:\n" + "\n".join(self.lines)) from None
         self._reader.join(5)
         return rc
 
 
 @pytest.mark.parametrize(("sig", "mode", "model", "ext"), [
     (signal.SIGINT, "--live", "identity", ".mp4"),      # paced like a camera; fragmented MP4
-    (signal.SIGTERM, "--offline", "msbdn", ".mp4"),     # a slow model; a plain MP4 finished on the way out
+    (signal.SIGTERM, "--offline", "student_base", ".mp4"),  # a real network; a plain MP4 finished on the way out
 ])
 def test_signal_finishes_a_playable_file_with_every_frame_processed(tmp_path: Path, sig, mode, model, ext) -> None:
-    src = make_video(tmp_path / "long.mp4", frames=250, size=(64, 48), rate=25)
+    src = make_video(tmp_path / "long.mp4", frames=500, size=(64, 48), rate=25)
     out = tmp_path / f"out{ext}"
     stats = tmp_path / "stats.json"
     cli = _Cli(str(src), "-o", str(out), "--model", model, mode, "--stats", str(stats))
@@ -163,7 +168,7 @@ def test_signal_finishes_a_playable_file_with_every_frame_processed(tmp_path: Pa
     assert not any("Traceback" in line for line in cli.lines)
     data = json.loads(stats.read_text())
     assert data["interrupted"] is True and data["error"] is None
-    assert 0 < data["frames_out"] < 250
+    assert 0 < data["frames_out"] < 500
     assert data["frames_out"] == data["frames_in"] - data["dropped"]
     assert playable(out) == data["frames_out"]
 

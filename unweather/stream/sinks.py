@@ -369,11 +369,19 @@ class ImageSink(Sink):
         ext = os.path.splitext(path)[1].lower()
         params = [cv2.IMWRITE_JPEG_QUALITY, 95] if ext in (".jpg", ".jpeg") else []
         try:
-            ok = cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+            ok, data = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
         except cv2.error as exc:
             raise UnweatherError(f"cannot write {path}: {str(exc).strip().splitlines()[-1]}.") from None
         if not ok:
-            raise UnweatherError(f"cannot write {path}.")
+            raise UnweatherError(f"cannot write {path}: OpenCV cannot encode {ext} images.")
+        # Written by Python rather than cv2.imwrite: a full disk is then reported as such (errno).
+        try:
+            with open(path, "wb") as f:
+                f.write(data.tobytes())
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.remove(path)  # no half-written image left behind
+            raise _write_error(path, exc) from None
         self.frames_written += 1
 
     def discard(self) -> None:
