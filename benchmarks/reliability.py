@@ -1,17 +1,21 @@
 """Inject faults into real servers on loopback and measure what unweather loses; print a RELIABILITY section.
 
-Three parts, each against real processes:
+Four parts, each against real processes:
 
 * source: a GStreamer RTSP camera (tests/rtsp_server.py) is killed, stopped, frozen (SIGSTOP) and
   finally not brought back, under one `NetworkSource`; a TCP server that never answers is opened.
   Reported: restarts, time to recover, frames lost while connected, time to give up.
-* pipeline: `unweather run` (a subprocess) on a live RTSP source with the camera killed and brought
-  back, SIGINT and SIGTERM during a file run, SIGKILL during a live recording; each output is
-  checked with ffprobe.
+* pipeline: `unweather run` (a subprocess) on a live RTSP camera that is killed and brought back,
+  frozen, and lost for good; SIGINT and SIGTERM during a file run; SIGKILL during a live recording;
+  a disk that fills during a run (a 400 kB tmpfs when root may mount one, else a file size limit).
+  Each output is checked with ffprobe.
+* bad inputs: missing, garbage, truncated, zero-frame, unknown codec, no images, huge images (refused
+  with one line), a folder with damaged and non-image files and an odd frame size (processed).
 * soak: at least 20,000 frames through the live pipeline (identity model, small frames) from the
-  RTSP camera; RSS at start and end and latency percentiles per window.
+  RTSP camera; RSS, latency percentiles and load average per window; frames lost by cause.
 
     python benchmarks/reliability.py [--soak-frames 20000] [--skip-soak] [--out benchmarks/results]
+    python benchmarks/reliability.py --render benchmarks/results/reliability-*.json   # the README section
 
 Needs /usr/bin/python3 with GStreamer's RTSP server (scripts/install-system.sh) and ffprobe.
 """
