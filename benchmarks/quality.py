@@ -4,8 +4,8 @@
 
 Rows: the degraded input; a classical method (dark channel prior for haze, a 3x3 median filter for rain
 and snow); each teacher on its own weather; the shipped students (`fast`, `quality`); the baselines
-trained by scripts/train_default_models.sh when present (the fast student trained directly on the mixed
-data for the same number of steps, and the two-stage fast student without MCR). Clean validation frames
+trained by scripts/train_default_models.sh when present and not shipped (student_small two-stage with and
+without MCR, and trained directly on the mixed data for the same number of steps). Clean validation frames
 go through every student too (PSNR against the clean input itself: how much a model damages a clear
 frame). Scores are means over the validation pairs, outputs clamped to [0, 1] and compared in float, on
 RGB and on the BT.601 Y channel, each labelled. Writes benchmarks/results/quality.json and quality.md.
@@ -130,22 +130,92 @@ def run_model(restore: Callable[[torch.Tensor], torch.Tensor], inputs: list[torc
     return outputs
 
 
-def models_to_score(models: Path, weights: Path) -> list[tuple[str, str, Path, tuple[str, ...]]]:
-    """(row label, kind, file, weathers it is scored on) for every model file found."""
+def models_to_score(models: Path, weights: Path,
+                    extra: tuple[str, ...] = ()) -> list[tuple[str, str, Path, tuple[str, ...]]]:
+    """(row label, kind, file, weathers it is scored on) for every model file found, then `LABEL=PATH` extras."""
     rows = []
     for w in WEATHERS:
         path = models / f"teacher_{w}.safetensors"
         if path.is_file():
             rows.append((f"teacher {w} (student_base, {w} only)", "teacher", path, (w,)))
-    for name, label in (("fast", "fast: two-stage student_small (shipped)"),
-                        ("quality", "quality: two-stage student_base (shipped)")):
-        if (weights / f"{name}.safetensors").is_file():
-            rows.append((label, "student", weights / f"{name}.safetensors", (*WEATHERS, CLEAN)))
-    for name, label in (("direct_fast", "student_small trained directly (same steps)"),
-                        ("nomcr_fast", "two-stage student_small without MCR")):
-        if (models / f"{name}.safetensors").is_file():
+    from unweather.models import read_metadata
+
+    shipped_runs = set()
+    for name, arch in (("fast", "student_small"), ("quality", "student_base")):
+        path = weights / f"{name}.safetensors"
+        if path.is_file():
+            run = Path(read_metadata(path).get("training_run", "")).name
+            shipped_runs.add(run)
+            rows.append((f"{name} (shipped): {arch}, run {run or '?'}", "student", path, (*WEATHERS, CLEAN)))
+    # The runs of scripts/train_default_models.sh that the shipped files do not already show.
+    for name, label in (("student_fast", "two-stage student_small with MCR (SCR 0.01, HCR 0.02)"),
+                        ("nomcr_fast", "two-stage student_small without MCR"),
+                        ("direct_fast", "student_small trained directly (same steps, no teachers)")):
+        if (models / f"{name}.safetensors").is_file() and name not in shipped_runs:
             rows.append((label, "baseline", models / f"{name}.safetensors", (*WEATHERS, CLEAN)))
+    for item in extra:
+        label, _, path = item.rpartition("=")
+        rows.append((label or Path(path).stem, "extra", Path(path), (*WEATHERS, CLEAN)))
     return rows
+
+
+# -- what the training runs recorded ----------------------------------------------------------------
+
+# The runs of scripts/train_default_models.sh, in table order, with their labels.
+RECORDED_RUNS = (
+    ("teacher_rain", "teacher rain (student_base, rain only)"),
+    ("teacher_snow", "teacher snow (student_base, snow only)"),
+    ("teacher_haze", "teacher haze (student_base, haze only)"),
+    ("direct_fast", "student_small trained directly on the mix (no teachers, same 8000 steps)"),
+    ("student_fast", "student_small two-stage with MCR (SCR 0.01, HCR 0.02)"),
+    ("nomcr_fast", "student_small two-stage without MCR"),
+    ("student_quality", "student_base two-stage with MCR (1500 KC + 1500 KE)"),
+    ("student_quality_more", "student_base + 3000 KE steps with MCR"),
+    ("student_quality_polish", "student_base + 3000 KE steps without MCR"),
+)
+
+
+def spread(items: list, limit: int) -> list:
+    """The pairs the trainer validates on: `limit` evenly spread over the list (unweather.training.data)."""
+    if not limit or len(items) <= limit:
+        return list(items)
+    return [items[int(i * len(items) / limit)] for i in range(limit)]
+
+
+def recorded_rows(runs: Path) -> list[dict]:
+    """Validation PSNR (RGB) each run recorded at the step it kept (its result.json), from its metrics.jsonl."""
+    import json
+
+    rows = []
+    for run, label in RECORDED_RUNS:
+        result, metrics = runs / run / "result.json", runs / run / "metrics.jsonl"
+        if not (result.is_file() and metrics.is_file()):
+            continue
+        kept = json.loads(result.read_text())["best"][0]
+        vals = [json.loads(line) for line in metrics.read_text().splitlines() if '"val/psnr/' in line]
+        val = [v for v in vals if v["step"] == kept["step"] and v["stage"] == kept["stage"]][-1]
+        scores = {w: val[f"val/psnr/{w}"] for w in (*WEATHERS, CLEAN) if f"val/psnr/{w}" in val}
+        rows.append({"method": label, "run": f"training_runs/{run}", "step": kept["step"],
+                     "steps": max(v["step"] for v in vals), "psnr_rgb": scores})
+    return rows
+
+
+def read_step(path: Path) -> int | str:
+    """The training step a shipped file was taken at (from its metadata), or '?'."""
+    from unweather.models import read_metadata
+
+    return int(read_metadata(path).get("steps", 0)) or "?"
+
+
+def recorded_markdown(rows: list[dict], base: dict[str, float]) -> str:
+    lines = ["| run (step kept / steps) | rain PSNR RGB (gain) | snow | haze | clean frames |", "|---|---|---|---|---|",
+             "| degraded input (same pairs, measured here) | " + " | ".join(f"{base[w]:.2f}" for w in WEATHERS) + " | - |"]
+    for row in rows:
+        s = row["psnr_rgb"]
+        cells = [f"{s[w]:.2f} ({s[w] - base[w]:+.2f})" if w in s else "-" for w in WEATHERS]
+        cells.append(f"{s[CLEAN]:.1f}" if CLEAN in s else "-")
+        lines.append(f"| {row['method']} ({row['step']} / {row['steps']}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def fmt_cell(s: dict[str, float] | None, space: str) -> str:
@@ -187,6 +257,12 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=0, help="at most this many pairs per weather (0: all)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--extra", action="append", default=[], metavar="LABEL=PATH",
+                        help="another network to score")
+    parser.add_argument("--runs", type=Path, default=ROOT / "training_runs",
+                        help="training run records whose recorded validation scores are tabled too")
+    parser.add_argument("--recorded-pairs", type=int, default=24,
+                        help="pairs per weather the runs validated on (their config's val_max_pairs)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from unweather.machine import machine_info, save_results
@@ -212,12 +288,24 @@ def main() -> int:
         classical_scores[w] = {**score(outs, data[w][0]), "method": label}
     rows.append({"method": "classical (median 3x3 on rain/snow, dark channel prior on haze)",
                  "kind": "classical", "scores": classical_scores})
-    for label, kind, path, weathers in models_to_score(args.models, args.weights):
+    # The pairs the training runs validated on, to put their recorded scores beside the input's.
+    subset = {w: spread(list(range(len(data[w][0]))), args.recorded_pairs) for w in WEATHERS}
+    recorded_base = {w: score([data[w][1][i] for i in subset[w]], [data[w][0][i] for i in subset[w]])["psnr_rgb"]
+                     for w in WEATHERS}
+    recorded = recorded_rows(args.runs)
+    for label, kind, path, weathers in models_to_score(args.models, args.weights, tuple(args.extra)):
         restore = model_fn(path)
         scores, seconds = {}, time.perf_counter()
         for w in weathers:
             gts, inputs = data[w]
             scores[w] = score(run_model(restore, inputs), gts)
+        if kind == "student":
+            # The shipped file re-measured on the runs' validation pairs: checks the recorded numbers.
+            outs = {w: run_model(restore, [data[w][1][i] for i in subset[w]]) for w in WEATHERS}
+            recorded.append({"method": f"{label.split(' ')[0]} (the shipped file, measured here)", "run": None,
+                             "step": read_step(path), "steps": read_step(path),
+                             "psnr_rgb": {w: score(outs[w], [data[w][0][i] for i in subset[w]])["psnr_rgb"]
+                                          for w in WEATHERS}})
         rows.append({"method": label, "kind": kind, "file": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT)
                      else str(path), "scores": scores, "seconds": round(time.perf_counter() - seconds, 2)})
         print(f"{label}: " + ", ".join(f"{w} {s['psnr_y']:.2f} dB" for w, s in scores.items()), flush=True)
@@ -230,6 +318,7 @@ def main() -> int:
         "metrics": "PSNR dB and SSIM (11x11 Gaussian, sigma 1.5) on RGB and on BT.601 Y, means over pairs; "
                    "clean: the model's output on a clean frame against that frame (PSNR capped at 100)",
         "rows": rows,
+        "recorded": {"pairs_per_weather": args.recorded_pairs, "input_psnr_rgb": recorded_base, "rows": recorded},
         "machine": machine_info(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -238,7 +327,11 @@ def main() -> int:
             f"Pairs per weather: {payload['data']['pairs']}. Cells: PSNR dB / SSIM.", "",
             "## Y channel (BT.601, as the paper's rain numbers)", "", markdown(rows, "y"), "",
             "## RGB", "", markdown(rows, "rgb"), "", "## PSNR gained over the degraded input (Y)", "",
-            gains(rows), "", f"Commit {payload['machine'].get('git', {}).get('commit', '?')}.", ""]
+            gains(rows), "",
+            f"## Every training run, as recorded (validation PSNR RGB on {args.recorded_pairs} pairs per weather)", "",
+            "The networks of the runs that do not ship are not kept; these are the scores each run recorded at "
+            "the step it kept, on the same validation photos (every run uses the same evenly spread pairs).", "",
+            recorded_markdown(recorded, recorded_base), "", f"Commit {payload['machine'].get('git', {}).get('commit', '?')}.", ""]
     (args.out / "quality.md").write_text("\n".join(text))
     print("\n".join(text))
     return 0

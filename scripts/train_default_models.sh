@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Train the models that ship in the package: three single-weather teachers, then the two-stage students
-# `fast` (student_small) and `quality` (student_base), and the baselines of the quality table.
+# (KC with CKT, then KE) `fast` (student_small, the run nomcr_fast) and `quality` (student_base: the runs
+# student_quality, student_quality_more, student_quality_polish), and the other rows of the quality table
+# (student_fast: the same two-stage student_small with MCR; direct_fast: trained without teachers).
 #
 #   bash scripts/train_default_models.sh [all|lanes|teachers|fast|quality|baselines|ship|RUN...]
 #
@@ -21,12 +23,16 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 # Lengths (steps). Changing one after a run started makes --resume refuse it: use a new run name.
 # Sized for about 100 minutes of a 2-core machine shared with other work. Measured with one-thread lanes:
 # teacher ~2 steps/s; student_small ~2-5 steps/s in KC and ~6-15 in KE; student_base ~1 step/s.
-TEACHER_STEPS=${TEACHER_STEPS:-1500}
-HAZE_TEACHER_STEPS=${HAZE_TEACHER_STEPS:-1200}
-FAST_KC=${FAST_KC:-2000}
-FAST_KE=${FAST_KE:-2000}
-QUALITY_KC=${QUALITY_KC:-600}
-QUALITY_KE=${QUALITY_KE:-600}
+TEACHER_STEPS=${TEACHER_STEPS:-3000}
+HAZE_TEACHER_STEPS=${HAZE_TEACHER_STEPS:-2500}
+FAST_KC=${FAST_KC:-4000}
+FAST_KE=${FAST_KE:-4000}
+QUALITY_KC=${QUALITY_KC:-1500}
+QUALITY_KE=${QUALITY_KE:-1500}
+# More KE steps for the quality student, from where student_quality ended (at a lower peak lr), then a
+# last KE without the contrastive term (measured: it costs PSNR at this scale, see README "Default models").
+QUALITY_MORE_KE=${QUALITY_MORE_KE:-3000}
+QUALITY_POLISH_KE=${QUALITY_POLISH_KE:-3000}
 # Students train on 64 px crops (2.25x cheaper than the preset's 96) to fit the time.
 STUDENT_CROP=${STUDENT_CROP:-64}
 COMMON=(--meta-dir "$META" --preset cpu --threads 1 --no-progress)
@@ -68,6 +74,18 @@ student_quality() {
     run student_quality student --model student_base --teachers "${TEACHERS[@]}" --mcr teacher --config "$STUDENTS_YAML" \
         --crop "$STUDENT_CROP" --kc-steps "$QUALITY_KC" --ke-steps "$QUALITY_KE"
 }
+student_quality_more() {
+    [[ -f "$MODELS/student_quality.safetensors" ]] || student_quality
+    run student_quality_more student --model student_base --teachers "${TEACHERS[@]}" --mcr teacher \
+        --config "$STUDENTS_YAML" --crop "$STUDENT_CROP" --kc-steps 0 --ke-steps "$QUALITY_MORE_KE" --lr 2e-4 \
+        --init "$MODELS/student_quality.safetensors"
+}
+student_quality_polish() {
+    [[ -f "$MODELS/student_quality_more.safetensors" ]] || student_quality_more
+    run student_quality_polish student --model student_base --teachers "${TEACHERS[@]}" --mcr none \
+        --config "$STUDENTS_YAML" --crop "$STUDENT_CROP" --kc-steps 0 --ke-steps "$QUALITY_POLISH_KE" --lr 1e-4 \
+        --init "$MODELS/student_quality_more.safetensors"
+}
 # Baselines of the quality table, for the fast student: direct training for the same number of steps,
 # and the two-stage student without the contrastive terms.
 direct_fast() {
@@ -86,7 +104,7 @@ lanes() {
     # Lane 1 and lane 2 run side by side; each step of a lane waits only for what it needs.
     (teacher_rain && direct_fast && wait_for teacher_snow teacher_haze && student_fast && nomcr_fast) &
     local one=$!
-    (teacher_snow && teacher_haze && wait_for teacher_rain && student_quality) &
+    (teacher_snow && teacher_haze && wait_for teacher_rain && student_quality && student_quality_more && student_quality_polish) &
     local two=$!
     wait "$one" "$two"
 }
@@ -102,11 +120,12 @@ wait_for() {
 target=${1:-lanes}
 shift || true
 case "$target" in
-    all) teacher_rain; teacher_snow; teacher_haze; student_fast; student_quality; direct_fast; nomcr_fast; ship ;;
+    all) teacher_rain; teacher_snow; teacher_haze; student_fast; student_quality; student_quality_more
+         student_quality_polish; direct_fast; nomcr_fast; ship ;;
     lanes) lanes; ship ;;
     teachers) teacher_rain; teacher_snow; teacher_haze ;;
     fast) student_fast ;;
-    quality) student_quality ;;
+    quality) student_quality; student_quality_more; student_quality_polish ;;
     baselines) direct_fast; nomcr_fast ;;
     ship) ship ;;
     *) for name in "$target" "$@"; do "$name"; done ;;

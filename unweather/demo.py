@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,7 +126,8 @@ def _label(image, text: str):
 
 
 def make_demo(output: str | Path, frames: int = 48, size: tuple[int, int] = (640, 360), weather: str = "rain",
-              model: str | None = None, device: str | None = None, seed: int = 1) -> DemoResult:
+              model: str | None = None, device: str | None = None, seed: int = 1,
+              stop_event: threading.Event | None = None) -> DemoResult:
     """Make the demo clip, restore it, and write the before/after video and PNG into `output`.
 
     Args:
@@ -136,6 +138,10 @@ def make_demo(output: str | Path, frames: int = 48, size: tuple[int, int] = (640
         model: the model argument of `unweather.engine.open`; None: the default for the device.
         device: where the engine runs; None: its choice.
         seed: seed of the synthetic weather.
+        stop_event: set it to stop restoring; the restored clip is closed with the frames done so far.
+
+    Raises:
+        KeyboardInterrupt: when stopped by `stop_event` (the restored clip stays playable).
     """
     import cv2
     import numpy as np
@@ -165,7 +171,10 @@ def make_demo(output: str | Path, frames: int = 48, size: tuple[int, int] = (640
 
     model_name = model or default_model(device)
     config = RunConfig(model=model_name, device=device, progress=False, mode="offline")
-    stats = run(str(degraded_path), str(restored_path), config=config)
+    stats = run(str(degraded_path), str(restored_path), config=config, stop_event=stop_event)
+    if stop_event is not None and stop_event.is_set():
+        log.warning("stopped: %s holds the %d frames restored so far", restored_path, stats.frames_out)
+        raise KeyboardInterrupt
     # Compare with what the model saw (the decoded clip), so codec loss is not counted against it.
     seen = _read_video(degraded_path)
     restored = _read_video(restored_path)
@@ -183,8 +192,12 @@ def make_demo(output: str | Path, frames: int = 48, size: tuple[int, int] = (640
 
 
 def _handler(args: argparse.Namespace) -> int:
-    result = make_demo(args.output, frames=args.frames, size=_size(args.size), weather=args.weather,
-                       model=args.model, device=args.device, seed=args.seed)
+    from unweather.stream.signals import stop_on_signals
+
+    stop = threading.Event()
+    with stop_on_signals(stop):
+        result = make_demo(args.output, frames=args.frames, size=_size(args.size), weather=args.weather,
+                           model=args.model, device=args.device, seed=args.seed, stop_event=stop)
     print(f"model: {result.model}")
     print(f"{result.frames} frames restored at {result.fps:.1f} FPS (decode, model and encode, end to end)")
     print(f"PSNR against the clean clip: {result.psnr_degraded:.2f} dB with the weather, "

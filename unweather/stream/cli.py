@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import threading
 
@@ -87,6 +86,7 @@ def handle_run(args: argparse.Namespace) -> int:
     """Run the pipeline; SIGINT/SIGTERM stop reading and finish the output, a second one stops at once."""
     from unweather.errors import UnweatherError
     from unweather.stream.runner import run
+    from unweather.stream.signals import stop_on_signals
 
     config = config_from_args(args)
     config.validate()
@@ -100,20 +100,7 @@ def handle_run(args: argparse.Namespace) -> int:
     if getattr(args, "engine_batch", None) is not None and args.engine_batch < 1:
         raise UnweatherError(f"--engine-batch must be at least 1, not {args.engine_batch}.")
     stop = threading.Event()
-    previous = {}
-    received: list[int] = []
-
-    def on_signal(signum: int, _frame: object) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        received.append(signum)
-        logger.warning("%s: finishing the frames read so far (again to stop at once)", signal.Signals(signum).name)
-        stop.set()
-
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, on_signal)
-    try:
+    with stop_on_signals(stop) as received:
         if many:
             from unweather.stream.multi import run_many
 
@@ -121,9 +108,6 @@ def handle_run(args: argparse.Namespace) -> int:
                              max_batch=getattr(args, "engine_batch", None))
         else:
             stats = run(args.inputs[0], args.output, config, stop_event=stop)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     if not args.quiet:
         print(stats.summary(), file=sys.stderr)
     if many and stats.failed:
