@@ -8,7 +8,10 @@ trained by scripts/train_default_models.sh when present and not shipped (student
 without MCR, and trained directly on the mixed data for the same number of steps). Clean validation frames
 go through every student too (PSNR against the clean input itself: how much a model damages a clear
 frame). Scores are means over the validation pairs, outputs clamped to [0, 1] and compared in float, on
-RGB and on the BT.601 Y channel, each labelled. Writes benchmarks/results/quality.json and quality.md.
+RGB and on the BT.601 Y channel, each labelled. A second table lists every run of the training script
+with the validation PSNR it recorded (training_runs/), beside the input, the classical method and the
+shipped files measured here on the same pairs (which checks the records), since networks that do not
+ship are not kept. Writes benchmarks/results/quality.json and quality.md.
 """
 
 from __future__ import annotations
@@ -172,6 +175,9 @@ RECORDED_RUNS = (
     ("student_quality", "student_base two-stage with MCR (1500 KC + 1500 KE)"),
     ("student_quality_more", "student_base + 3000 KE steps with MCR"),
     ("student_quality_polish", "student_base + 3000 KE steps without MCR"),
+    ("fast_wide", "student_small (without MCR) + 2000 steps of L1 on 128 px crops"),
+    ("fast_full", "student_small (128 px) + 1500 steps of plain L1 on whole 160 px frames"),
+    ("quality_wide", "student_base (without MCR) + 1200 steps of L1 on 128 px crops"),
 )
 
 
@@ -281,10 +287,10 @@ def main() -> int:
 
     rows: list[dict] = [{"method": "degraded input", "kind": "input",
                          "scores": {w: score(data[w][1], data[w][0]) for w in WEATHERS}}]
-    classical_scores = {}
+    classical_scores, classical_outs = {}, {}
     for w in WEATHERS:
         label, fn = classical(w)
-        outs = [to_tensor(fn(t[0].permute(1, 2, 0).numpy())) for t in data[w][1]]
+        outs = classical_outs[w] = [to_tensor(fn(t[0].permute(1, 2, 0).numpy())) for t in data[w][1]]
         classical_scores[w] = {**score(outs, data[w][0]), "method": label}
     rows.append({"method": "classical (median 3x3 on rain/snow, dark channel prior on haze)",
                  "kind": "classical", "scores": classical_scores})
@@ -292,7 +298,11 @@ def main() -> int:
     subset = {w: spread(list(range(len(data[w][0]))), args.recorded_pairs) for w in WEATHERS}
     recorded_base = {w: score([data[w][1][i] for i in subset[w]], [data[w][0][i] for i in subset[w]])["psnr_rgb"]
                      for w in WEATHERS}
-    recorded = recorded_rows(args.runs)
+    recorded = [{"method": "classical (median 3x3 on rain/snow, dark channel prior on haze), measured here", "run": None,
+                 "step": "-", "steps": "-",
+                 "psnr_rgb": {w: score([classical_outs[w][i] for i in subset[w]],
+                                       [data[w][0][i] for i in subset[w]])["psnr_rgb"] for w in WEATHERS}},
+                *recorded_rows(args.runs)]
     for label, kind, path, weathers in models_to_score(args.models, args.weights, tuple(args.extra)):
         restore = model_fn(path)
         scores, seconds = {}, time.perf_counter()

@@ -26,10 +26,10 @@ from unweather.training.metrics import psnr
 DATA = Path(__file__).parent / "data" / "shipped"
 WEATHERS = ("rain", "snow", "haze")
 # PSNR (RGB) gained over the degraded crops, per weather: the floor this test holds.
-# Measured: fast +7.62 / +9.37 / +9.62, quality +8.03 / +7.96 / +9.98.
-MIN_GAIN_DB = {"fast": {"rain": 5.0, "snow": 6.5, "haze": 7.0}, "quality": {"rain": 5.5, "snow": 5.5, "haze": 7.0}}
-# PSNR of the output on the clean crops against themselves. Measured: fast 57.6, quality 48.7.
-MIN_CLEAN_DB = {"fast": 50.0, "quality": 42.0}
+# Measured: fast +7.20 / +8.73 / +11.17, quality +7.96 / +8.66 / +9.03.
+MIN_GAIN_DB = {"fast": {"rain": 4.7, "snow": 6.2, "haze": 8.5}, "quality": {"rain": 5.5, "snow": 6.0, "haze": 6.5}}
+# PSNR of the output on the clean crops against themselves. Measured: fast 52.6, quality 43.4.
+MIN_CLEAN_DB = {"fast": 50.0, "quality": 40.0}
 
 
 def _read(path: Path) -> torch.Tensor:
@@ -50,8 +50,8 @@ def test_shipped_weights_load_with_metadata(name: str, arch: str) -> None:
     assert path.is_file(), f"{path} is not shipped"
     meta = read_metadata(path)
     assert meta["arch"] == arch and meta["name"] == name
-    assert json.loads(meta["weathers"]) == list(WEATHERS)
-    assert meta["training"] == "kc+ke"
+    assert sorted(json.loads(meta["weathers"])) == sorted(WEATHERS)
+    assert meta["training"].startswith("kc+ke")  # two-stage, possibly finished with plain L1
     data = json.loads(meta["data"])
     assert data["made_by"] == "scripts/make_training_data.sh" and data["photos"]["train"]
     run = Path(__file__).resolve().parents[1] / meta["training_run"]
