@@ -124,7 +124,8 @@ def main() -> int:
     table = "\n".join(lines)
     payload = {"benchmark": "flicker", "units": "mean |frame[t] - frame[t-1]| in 8-bit levels; PSNR in dB (RGB)",
                "frames": args.frames, "size": [h, w], "photos": [p.name for p in photos],
-               "models": {n: str(p) for n, p in models(args.weights, args.model).items()}, "rows": rows,
+               "models": {n: str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else p.name
+                          for n, p in models(args.weights, args.model).items()}, "rows": rows,
                "machine": machine_info()}
     args.out.mkdir(parents=True, exist_ok=True)
     save_results(args.out / "flicker.json", payload)

@@ -121,6 +121,14 @@ def model_fn(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
     return restore
 
 
+def engine_fn(path: Path, precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A restoration function through `unweather.engine.open` in `precision` on the CPU (torch backend)."""
+    from unweather.engine import open as open_engine
+
+    engine = open_engine(str(path), backend="torch", precision=precision, device="cpu")
+    return lambda x: engine(x).float()
+
+
 def run_model(restore: Callable[[torch.Tensor], torch.Tensor], inputs: list[torch.Tensor],
               batch: int = 16) -> list[torch.Tensor]:
     outputs = []
@@ -265,6 +273,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--extra", action="append", default=[], metavar="LABEL=PATH",
                         help="another network to score")
+    parser.add_argument("--precisions", nargs="+", default=[], metavar="P",
+                        help="also score the shipped students through the torch engine in these precisions "
+                             "(e.g. bf16: what `unweather run --precision bf16` computes)")
     parser.add_argument("--runs", type=Path, default=ROOT / "training_runs",
                         help="training run records whose recorded validation scores are tabled too")
     parser.add_argument("--recorded-pairs", type=int, default=24,
@@ -319,6 +330,11 @@ def main() -> int:
         rows.append({"method": label, "kind": kind, "file": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT)
                      else str(path), "scores": scores, "seconds": round(time.perf_counter() - seconds, 2)})
         print(f"{label}: " + ", ".join(f"{w} {s['psnr_y']:.2f} dB" for w, s in scores.items()), flush=True)
+        for precision in args.precisions if kind == "student" else ():
+            restore_p = engine_fn(path, precision)
+            scores_p = {w: score(run_model(restore_p, data[w][1]), data[w][0]) for w in weathers}
+            rows.append({"method": f"{label.split(' ')[0]} in {precision} (torch engine, CPU)", "kind": "precision",
+                         "file": rows[-1]["file"], "precision": precision, "scores": scores_p})
 
     payload = {
         "benchmark": "quality",

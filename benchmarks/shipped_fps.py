@@ -26,7 +26,8 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=96)
     parser.add_argument("--size", default="640x360")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--models", nargs="+", default=["fast", "quality"])
+    parser.add_argument("--models", nargs="+", default=["fast", "quality"],
+                        help="NAME[:BACKEND][@PRECISION] each, e.g. fast fast@bf16 fast:onnxruntime")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
@@ -52,7 +53,10 @@ def main() -> int:
                                    size=(h, w), wind=0.15, pan_speed=0.001, params=demo_params("rain"))
         _write_video(clip, [to_uint8(f) for f in degraded])
         for model in args.models:
-            config = RunConfig(model=model, device=args.device, backend=args.backend, progress=False, mode="offline")
+            spec, _, precision = model.partition("@")
+            name, _, backend = spec.partition(":")
+            config = RunConfig(model=name, device=args.device, backend=backend or args.backend,
+                               precision=precision or None, progress=False, mode="offline")
             engine = open_engine(config)
             try:
                 run(str(clip), str(Path(tmp) / "warm.mp4"), config=dataclasses.replace(config, max_frames=8),
