@@ -31,6 +31,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
+    parser.add_argument("--preset", default=None, help="libx264 preset (default: unweather run's, fast offline)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/shipped_fps.json")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -56,7 +57,7 @@ def main() -> int:
             spec, _, precision = model.partition("@")
             name, _, backend = spec.partition(":")
             config = RunConfig(model=name, device=args.device, backend=backend or args.backend,
-                               precision=precision or None, progress=False, mode="offline")
+                               precision=precision or None, preset=args.preset, progress=False, mode="offline")
             engine = open_engine(config)
             try:
                 run(str(clip), str(Path(tmp) / "warm.mp4"), config=dataclasses.replace(config, max_frames=8),
@@ -76,7 +77,7 @@ def main() -> int:
             print(f"{model}: {results[model]['fps_median']:.1f} FPS median ({min(fps):.1f}-{max(fps):.1f}) "
                   f"over {args.repeats} runs of {args.frames} frames at {w}x{h}; load {loads}", flush=True)
     save_results(args.out, {"benchmark": "shipped_fps", "size": [w, h], "device": args.device,
-                            "backend": args.backend, "results": results, "machine": machine_info()})
+                            "backend": args.backend, "preset": args.preset, "results": results, "machine": machine_info()})
     return 0
 
 
