@@ -49,13 +49,20 @@ def models(weights: Path, extra: list[str]) -> dict[str, Path]:
     return found
 
 
-def restore_clip(net: torch.nn.Module, frames: list[np.ndarray], batch: int = 8) -> list[np.ndarray]:
-    """Run `net` (padded and cropped) over a list of HxWx3 float frames; return the clamped outputs."""
+def restore_clip(net: torch.nn.Module, frames: list[np.ndarray], batch: int = 8,
+                 temporal: float = 0.0) -> list[np.ndarray]:
+    """Run `net` (padded and cropped) over a list of HxWx3 float frames; return the clamped outputs.
+
+    With `temporal` > 0 the outputs go through `unweather run --temporal`'s filter, as the pipeline does.
+    """
+    from unweather.stream.temporal import TemporalFilter
+
+    smooth = TemporalFilter(temporal)
     out = []
     with torch.inference_mode():
         for i in range(0, len(frames), batch):
             x = torch.from_numpy(np.stack(frames[i:i + batch])).permute(0, 3, 1, 2).contiguous()
-            y = net(x).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+            y = smooth(net(x)).clamp(0, 1).permute(0, 2, 3, 1).numpy()
             out.extend(y)
     return out
 
@@ -76,6 +83,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--pan-speed", type=float, default=0.002,
+                        help="the panning camera's travel per frame, as a fraction of the frame width")
+    parser.add_argument("--temporal", nargs="+", type=float, default=[], metavar="S",
+                        help="also each model with `unweather run --temporal S` (still-camera filter)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from unweather.machine import machine_info, save_results
@@ -91,6 +102,9 @@ def main() -> int:
     if not nets:
         raise SystemExit("no models: ship unweather/weights/*.safetensors or pass --model NAME=PATH")
 
+    variants = {name: (net, 0.0) for name, net in nets.items()}
+    variants.update({f"{name} --temporal {strength:g}": (net, strength) for name, net in nets.items()
+                     for strength in args.temporal})
     rows = []
     for weather in args.weathers:
         for camera in ("still", "pan"):
@@ -98,11 +112,11 @@ def main() -> int:
             for k, photo in enumerate(photos):
                 rng = np.random.default_rng([args.seed, k, len(weather), camera == "pan"])
                 clean, degraded = weather_clip(read_image(photo), weather, args.frames, rng, pan=camera == "pan",
-                                               size=(h, w))
+                                               size=(h, w), pan_speed=args.pan_speed)
                 values = {"clean": flicker(clean) * 255, "degraded": flicker(degraded) * 255,
                           "degraded_psnr": psnr(degraded, clean)}
-                for name, net in nets.items():
-                    out = restore_clip(net, degraded)
+                for name, (net, strength) in variants.items():
+                    out = restore_clip(net, degraded, temporal=strength)
                     values[name] = flicker(out) * 255
                     values[f"{name}_psnr"] = psnr(out, clean)
                 for key, value in values.items():
@@ -112,7 +126,7 @@ def main() -> int:
             rows.append(row)
             print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
 
-    names = list(nets)
+    names = list(variants)
     head = ("| weather | camera | clean | degraded | " + " | ".join(names) + " | excess over clean: "
             + " / ".join(names) + " | PSNR RGB degraded -> " + " / ".join(names) + " |")
     lines = [head, "|" + "---|" * (5 + len(names) + 1)]
@@ -123,14 +137,16 @@ def main() -> int:
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     payload = {"benchmark": "flicker", "units": "mean |frame[t] - frame[t-1]| in 8-bit levels; PSNR in dB (RGB)",
-               "frames": args.frames, "size": [h, w], "photos": [p.name for p in photos],
+               "frames": args.frames, "pan_speed": args.pan_speed, "temporal": args.temporal, "size": [h, w],
+               "photos": [p.name for p in photos],
                "models": {n: str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else p.name
                           for n, p in models(args.weights, args.model).items()}, "rows": rows,
                "machine": machine_info()}
     args.out.mkdir(parents=True, exist_ok=True)
     save_results(args.out / "flicker.json", payload)
     (args.out / "flicker.md").write_text(
-        f"# Temporal flicker ({args.frames} frames of {w}x{h}, {len(photos)} held-out photos)\n\n"
+        f"# Temporal flicker ({args.frames} frames of {w}x{h}, {len(photos)} held-out photos, "
+        f"panning {args.pan_speed:g} of the width per frame)\n\n"
         "Mean absolute difference between consecutive frames, 8-bit levels.\n\n" + table + "\n")
     print(table)
     return 0

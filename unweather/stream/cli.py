@@ -46,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="every frame, batched (default for files and folders)")
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N input frames")
     p.add_argument("--side-by-side", action="store_true", help="write input | output side by side")
+    p.add_argument("--temporal", type=float, default=0.0, metavar="S",
+                   help="still cameras: blend each restored frame with the previous one where little changed, "
+                        "weight S in [0, 1), e.g. 0.8 (default 0: off; it smears a moving camera's picture)")
     p.add_argument("--stats", metavar="FILE.json", help="write the run's statistics as JSON")
     p.add_argument("--codec", default="auto", help="video encoder: auto (NVENC on a GPU when it works, else "
                                                    "libx264), libx264, h264_nvenc, libx265")
@@ -76,7 +79,7 @@ def config_from_args(args: argparse.Namespace):
     return RunConfig(
         model=args.model, backend=args.backend, precision=args.precision, device=args.device,
         trust_checkpoint=args.trust_checkpoint, batch=args.batch, mode=args.mode, max_frames=args.max_frames,
-        side_by_side=args.side_by_side, stats_path=args.stats, codec=args.codec, crf=args.crf, preset=args.preset,
+        side_by_side=args.side_by_side, temporal=args.temporal, stats_path=args.stats, codec=args.codec, crf=args.crf, preset=args.preset,
         progress=not args.quiet, open_timeout=args.open_timeout, read_timeout=args.read_timeout,
         stall_timeout_network=args.stall_timeout, give_up_after=args.give_up_after,
         rtsp_transport=args.rtsp_transport, tile=args.tile, tile_overlap=args.tile_overlap)

@@ -23,6 +23,8 @@ class RunConfig:
             "offline" (never drop, batch) or "auto" (live for network URLs and capture devices).
         max_frames: stop after this many input frames.
         side_by_side: write input | output side by side.
+        temporal: still cameras: blend each restored frame with the previous output where they nearly
+            agree, with this weight in [0, 1) (0: off); `unweather.stream.temporal.TemporalFilter`.
         stats_path: also write the run's statistics as JSON there.
         codec: "auto" (NVENC when the engine is on a GPU and the encoder opens, else libx264),
             "libx264", "h264_nvenc", "libx265", ...
@@ -49,6 +51,7 @@ class RunConfig:
     mode: str = "auto"
     max_frames: int | None = None
     side_by_side: bool = False
+    temporal: float = 0.0
     stats_path: str | None = None
     codec: str = "auto"
     crf: int = 18
@@ -78,6 +81,8 @@ class RunConfig:
             raise UnweatherError(f"batch must be a positive integer, not {self.batch!r}.")
         if self.max_frames is not None and self.max_frames < 1:
             raise UnweatherError(f"max_frames must be at least 1, not {self.max_frames}.")
+        if not 0.0 <= self.temporal < 1.0:
+            raise UnweatherError(f"temporal must be at least 0 and below 1, not {self.temporal}.")
         if not 0 <= self.crf <= 51:
             raise UnweatherError(f"crf must be between 0 and 51, not {self.crf}.")
         if self.queue_size < 1:

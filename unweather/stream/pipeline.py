@@ -45,6 +45,7 @@ from unweather.stream.queues import EOS, Aborted, BufferRing, FrameQueue
 from unweather.stream.sinks import Sink
 from unweather.stream.sources import Source, SourceFrame
 from unweather.stream.stats import STAGES, LatencyWindow, RunStats
+from unweather.stream.temporal import TemporalFilter
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,7 @@ class Pipeline:
         self.sink = sink
         self.engine = engine
         self.config = config
+        self.temporal = TemporalFilter(config.temporal)
         self.live = live
         self.stop_event = stop_event
         self.device = torch.device(engine.device)
@@ -370,7 +372,7 @@ class Pipeline:
         if k:
             x = torch.rot90(x, k, dims=(-2, -1))
         with torch.inference_mode():
-            out = self.engine(x)
+            out = self.temporal(self.engine(x))
             if self.config.side_by_side:
                 out = torch.cat([x, out.to(x.dtype)], dim=-1)
         if k:
