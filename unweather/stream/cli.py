@@ -79,7 +79,8 @@ def config_from_args(args: argparse.Namespace):
     return RunConfig(
         model=args.model, backend=args.backend, precision=args.precision, device=args.device,
         trust_checkpoint=args.trust_checkpoint, batch=args.batch, mode=args.mode, max_frames=args.max_frames,
-        side_by_side=args.side_by_side, temporal=args.temporal, stats_path=args.stats, codec=args.codec, crf=args.crf, preset=args.preset,
+        side_by_side=args.side_by_side, temporal=args.temporal, stats_path=args.stats, codec=args.codec,
+        crf=args.crf, preset=args.preset,
         progress=not args.quiet, open_timeout=args.open_timeout, read_timeout=args.read_timeout,
         stall_timeout_network=args.stall_timeout, give_up_after=args.give_up_after,
         rtsp_transport=args.rtsp_transport, tile=args.tile, tile_overlap=args.tile_overlap)
