@@ -670,9 +670,11 @@ def reliability_text(results: dict[str, Any], command: str) -> str:
              ("Faults injected into real processes on loopback (a GStreamer RTSP camera that wants a password, "
               "`unweather run` in a subprocess), every output checked with ffprobe. Made by:"), "",
              "```bash", command, "```", "",
-             (f"Commit {commit}, {cpu.get('model', 'CPU')} with {cpu.get('threads', '?')} threads, shared with "
-              f"{soak_.get('training_jobs', '?')} training job(s) and other benchmarks (load average {load}): times "
-              "are this loaded machine's; the soak's load per window is in its table."), "",
+             (f"Commit {commit}, {cpu.get('model', 'CPU')} with {cpu.get('threads', '?')} threads, "
+              + (f"shared with {soak_.get('training_jobs')} training job(s) and other benchmarks (load average "
+                 f"{load}): times are this loaded machine's"
+                 if soak_.get("training_jobs") else f"no training running (load average {load} at the soak's start)")
+              + "; the soak's load per window is in its table."), "",
              "| Fault injected | What happened | Frames lost (written, not in the file) |", "|---|---|---|"]
     src = results.get("source")
     if src:
@@ -715,7 +717,7 @@ def reliability_text(results: dict[str, Any], command: str) -> str:
                   f"camera through the live pipeline ({soak_['model']} model) in {soak_['seconds']:.0f} s. "
                   f"RSS {soak_['rss_start_mb']:.0f} MB after the first window, {soak_['rss_end_mb']:.0f} MB at "
                   f"the end ({soak_['rss_drift_mb']:+.1f} MB); {soak_['dropped_live']} frames dropped by live "
-                  f"mode (oldest first, when the loaded machine fell behind the camera), {soak_['lost_by_network']} "
+                  f"mode (oldest first, when the machine fell behind the camera), {soak_['lost_by_network']} "
                   f"missing from the camera's timestamps (never received), {soak_['written_not_in_file']} written "
                   "but missing from the file."), "",
                   "| Window | " + " | ".join(str(i + 1) for i in range(len(rows))) + " |",
