@@ -189,13 +189,6 @@ RECORDED_RUNS = (
 )
 
 
-def spread(items: list, limit: int) -> list:
-    """The pairs the trainer validates on: `limit` evenly spread over the list (unweather.training.data)."""
-    if not limit or len(items) <= limit:
-        return list(items)
-    return [items[int(i * len(items) / limit)] for i in range(limit)]
-
-
 def recorded_rows(runs: Path) -> list[dict]:
     """Validation PSNR (RGB) each run recorded at the step it kept (its result.json), from its metrics.jsonl."""
     import json
@@ -283,6 +276,7 @@ def main() -> int:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from unweather.machine import machine_info, save_results
+    from unweather.training.data import evenly_spread
     from unweather.training.evaluate import load_meta
 
     if args.threads:
@@ -306,27 +300,29 @@ def main() -> int:
     rows.append({"method": "classical (median 3x3 on rain/snow, dark channel prior on haze)",
                  "kind": "classical", "scores": classical_scores})
     # The pairs the training runs validated on, to put their recorded scores beside the input's.
-    subset = {w: spread(list(range(len(data[w][0]))), args.recorded_pairs) for w in WEATHERS}
-    recorded_base = {w: score([data[w][1][i] for i in subset[w]], [data[w][0][i] for i in subset[w]])["psnr_rgb"]
-                     for w in WEATHERS}
+    subset = {w: evenly_spread(range(len(data[w][0])), args.recorded_pairs) for w in WEATHERS}
+
+    def on_subset(w: str, outputs: list[torch.Tensor]) -> float:
+        return score([outputs[i] for i in subset[w]], [data[w][0][i] for i in subset[w]])["psnr_rgb"]
+
+    recorded_base = {w: on_subset(w, data[w][1]) for w in WEATHERS}
     recorded = [{"method": "classical (median 3x3 on rain/snow, dark channel prior on haze), measured here", "run": None,
-                 "step": "-", "steps": "-",
-                 "psnr_rgb": {w: score([classical_outs[w][i] for i in subset[w]],
-                                       [data[w][0][i] for i in subset[w]])["psnr_rgb"] for w in WEATHERS}},
+                 "step": "-", "steps": "-", "psnr_rgb": {w: on_subset(w, classical_outs[w]) for w in WEATHERS}},
                 *recorded_rows(args.runs)]
     for label, kind, path, weathers in models_to_score(args.models, args.weights, tuple(args.extra)):
         restore = model_fn(path)
         scores, seconds = {}, time.perf_counter()
+        outputs = {}
         for w in weathers:
             gts, inputs = data[w]
-            scores[w] = score(run_model(restore, inputs), gts)
+            outputs[w] = run_model(restore, inputs)
+            scores[w] = score(outputs[w], gts)
         if kind == "student":
-            # The shipped file re-measured on the runs' validation pairs: checks the recorded numbers.
-            outs = {w: run_model(restore, [data[w][1][i] for i in subset[w]]) for w in WEATHERS}
+            # The shipped file on the runs' validation pairs (outputs already computed): checks the records.
+            step = read_step(path)
             recorded.append({"method": f"{label.split(' ')[0]} (the shipped file, measured here)", "run": None,
-                             "step": read_step(path), "steps": read_step(path),
-                             "psnr_rgb": {w: score(outs[w], [data[w][0][i] for i in subset[w]])["psnr_rgb"]
-                                          for w in WEATHERS}})
+                             "step": step, "steps": step,
+                             "psnr_rgb": {w: on_subset(w, outputs[w]) for w in WEATHERS}})
         rows.append({"method": label, "kind": kind, "file": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT)
                      else str(path), "scores": scores, "seconds": round(time.perf_counter() - seconds, 2)})
         print(f"{label}: " + ", ".join(f"{w} {s['psnr_y']:.2f} dB" for w, s in scores.items()), flush=True)

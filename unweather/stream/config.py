@@ -81,8 +81,9 @@ class RunConfig:
             raise UnweatherError(f"batch must be a positive integer, not {self.batch!r}.")
         if self.max_frames is not None and self.max_frames < 1:
             raise UnweatherError(f"max_frames must be at least 1, not {self.max_frames}.")
-        if not 0.0 <= self.temporal < 1.0:
-            raise UnweatherError(f"temporal must be at least 0 and below 1, not {self.temporal}.")
+        from unweather.stream.temporal import check_strength
+
+        check_strength(self.temporal)
         if not 0 <= self.crf <= 51:
             raise UnweatherError(f"crf must be between 0 and 51, not {self.crf}.")
         if self.queue_size < 1:

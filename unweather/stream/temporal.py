@@ -13,6 +13,12 @@ import torch
 from unweather.errors import UnweatherError
 
 
+def check_strength(strength: float) -> None:
+    """Raise UnweatherError unless `strength` is in [0, 1)."""
+    if not 0.0 <= strength < 1.0:
+        raise UnweatherError(f"temporal strength must be at least 0 and below 1, not {strength}.")
+
+
 class TemporalFilter:
     """Blend each restored frame with the previous output where the two nearly agree.
 
@@ -22,8 +28,7 @@ class TemporalFilter:
     """
 
     def __init__(self, strength: float, threshold: float = 0.2) -> None:
-        if not 0.0 <= strength < 1.0:
-            raise UnweatherError(f"temporal strength must be at least 0 and below 1, not {strength}.")
+        check_strength(strength)
         if not threshold > 0.0:
             raise UnweatherError(f"temporal threshold must be positive, not {threshold}.")
         self.strength = strength

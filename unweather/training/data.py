@@ -300,19 +300,23 @@ class ValidSet:
                 image = image[top:top + ch, left:left + cw]
             return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
 
-        def chosen(items: list) -> list:
-            limit = cfg.val_max_pairs
-            if not limit or len(items) <= limit:
-                return list(items)
-            # Evenly spread over the list, deterministic: the same pairs in every validation.
-            return [items[int(i * len(items) / limit)] for i in range(limit)]
-
+        limit = cfg.val_max_pairs
         for name, pairs in datasets.items():
-            out[name] = [(prepare(gt), prepare(deg)) for gt, deg in chosen(pairs)]
+            out[name] = [(prepare(gt), prepare(deg)) for gt, deg in evenly_spread(pairs, limit)]
         if clean:
             gts = sorted(clean_paths) if clean_paths else sorted({gt for pairs in datasets.values() for gt, _ in pairs})
-            out[CLEAN] = [(t, t) for t in (prepare(gt) for gt in chosen(gts))]
+            out[CLEAN] = [(t, t) for t in (prepare(gt) for gt in evenly_spread(gts, limit))]
         return cls(out)
+
+
+def evenly_spread(items: Sequence, limit: int) -> list:
+    """At most `limit` items evenly spread over `items` (all of them when `limit` is 0).
+
+    Deterministic, so every validation, and any benchmark that compares with it, sees the same pairs.
+    """
+    if not limit or len(items) <= limit:
+        return list(items)
+    return [items[int(i * len(items) / limit)] for i in range(limit)]
 
 
 def dataset_files(meta_dir: str | Path, names: Sequence[str]) -> dict[str, str]:
