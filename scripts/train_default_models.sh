@@ -36,6 +36,8 @@ QUALITY_MORE_KE=${QUALITY_MORE_KE:-3000}
 QUALITY_POLISH_KE=${QUALITY_POLISH_KE:-3000}
 # Students train on 64 px crops (2.25x cheaper than the preset's 96) to fit the time.
 STUDENT_CROP=${STUDENT_CROP:-64}
+HAZE_STEPS=${HAZE_STEPS:-3000}
+HAZE_LR_SCALE=${HAZE_LR_SCALE:-20}
 COMMON=(--meta-dir "$META" --preset cpu --threads 1 --no-progress)
 # The two-stage students' loss settings on top of the cpu preset (read when each student starts).
 STUDENTS_YAML=scripts/default_students.yaml
@@ -104,6 +106,26 @@ fast_full() {
     [[ -f "$MODELS/fast_wide.safetensors" ]] || fast_wide
     run fast_full student --model student_small --direct --crop 160 --kc-steps 0 --ke-steps "$FAST_FULL_STEPS" \
         --lr 5e-5 --set loss.pixel_balance=none --init "$MODELS/fast_wide.safetensors"
+}
+# The haze head (explicit inversion of the scattering model) added to the trained fast student, and the
+# same finishing without it (the control: how much is the head, how much the extra steps).
+fast_haze() {
+    [[ -f "$MODELS/fast_full.safetensors" ]] || fast_full
+    run fast_haze student --model student_small --direct --crop 160 --kc-steps 0 --ke-steps "$HAZE_STEPS" \
+        --lr 1e-4 --set loss.pixel_balance=none --set 'model.options={haze_head: true}' \
+        --set "optim.lr_scale={haze: $HAZE_LR_SCALE}" --init "$MODELS/fast_full.safetensors"
+}
+fast_resynth() {
+    [[ -f "$MODELS/fast_full.safetensors" ]] || fast_full
+    run fast_resynth student --model student_small --direct --crop 160 --kc-steps 0 --ke-steps "$HAZE_STEPS" \
+        --lr 1e-4 --set loss.pixel_balance=none --set 'model.options={haze_head: true}' \
+        --set "optim.lr_scale={haze: $HAZE_LR_SCALE}" --set 'data.resynth=[haze]' \
+        --init "$MODELS/fast_full.safetensors"
+}
+fast_more() {
+    [[ -f "$MODELS/fast_full.safetensors" ]] || fast_full
+    run fast_more student --model student_small --direct --crop 160 --kc-steps 0 --ke-steps "$HAZE_STEPS" \
+        --lr 1e-4 --set loss.pixel_balance=none --init "$MODELS/fast_full.safetensors"
 }
 quality_wide() {
     [[ -f "$MODELS/student_quality_polish.safetensors" ]] || student_quality_polish

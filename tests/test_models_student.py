@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -71,10 +73,30 @@ def test_options_override_and_round_trip_through_json_lists():
         Student(StudentConfig(widths=(8, 16, 24)))
 
 
-@pytest.mark.parametrize("name", STUDENTS)
-def test_onnx_export_uses_only_native_operators(name, tmp_path):
+def test_haze_head_starts_neutral_and_inverts_the_scattering_model():
+    torch.manual_seed(0)
+    plain = build("student_small").eval()
+    model = build("student_small", haze_head=True).eval()
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith(model.optional_prefixes) for k in missing)
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), plain(x), atol=1e-6, rtol=0)
+        # Given the true airlight and transmission, the head alone recovers the scene exactly.
+        scene, airlight, t = torch.rand(1, 3, 32, 48), torch.tensor([0.8, 0.82, 0.9]), 0.3
+        hazy = scene * t + airlight.view(1, 3, 1, 1) * (1 - t)
+        model.haze.airlight.weight.zero_()
+        model.haze.airlight.bias.copy_(torch.logit(airlight))
+        model.haze.gain.bias.fill_(math.log(1 / t))
+        g = torch.zeros(1, model.config.context_channels, 1, 1)
+        features = torch.rand(1, model.config.widths[0], 16, 24)
+        torch.testing.assert_close(model.haze(hazy, g, features), scene, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name,options", [(n, {}) for n in STUDENTS] + [("student_small", {"haze_head": True})])
+def test_onnx_export_uses_only_native_operators(name, options, tmp_path):
     onnx = pytest.importorskip("onnx")
-    model = build(name).eval()
+    model = build(name, **options).eval()
     path = tmp_path / "student.onnx"
     torch.onnx.export(
         model,
@@ -90,6 +112,7 @@ def test_onnx_export_uses_only_native_operators(name, tmp_path):
     allowed = {
         "Conv", "ConvTranspose", "Relu", "PRelu", "LeakyRelu", "Add", "Mul", "Concat", "Resize",
         "GlobalAveragePool", "ReduceMean", "Sigmoid", "Pad", "DepthToSpace", "SpaceToDepth", "Slice",
-        "Constant", "Identity", "Reshape", "Transpose",
+        "Constant", "Identity", "Reshape", "Transpose", "Sub", "Exp", "Clip", "Neg", "MaxPool", "ReduceMin",
+        "ReduceMax",
     }  # fmt: skip
     assert used <= allowed, used - allowed

@@ -15,7 +15,7 @@ from unweather.errors import UnweatherError
 from unweather.training import config as config_mod
 from unweather.training import data
 from unweather.training.tasks import DirectTask, KCTask, KETask, StudentWithCKT, TeacherTask
-from unweather.training.trainer import Stage, Trainer, lr_factor
+from unweather.training.trainer import Stage, Trainer, lr_factor, param_groups
 
 WEATHERS = ["haze", "rain", "snow"]
 
@@ -81,6 +81,48 @@ def test_lr_schedule_warms_up_then_decays_to_min():
     assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in itertools.pairwise(values[10:]))
     assert values[100] == pytest.approx(0.01)
+
+
+def test_lr_scale_gives_named_layers_their_own_rate():
+    from unweather.models import build
+
+    body = StudentWithCKT(build("student_small", haze_head=True), None)
+    groups = param_groups(body, 1e-4, {"haze": 20})
+    by_lr = {g["lr"]: g["params"] for g in groups}
+    haze = {id(p) for p in body.student.haze.parameters()}
+    assert sorted(by_lr) == [1e-4, pytest.approx(2e-3)]
+    assert {id(p) for p in by_lr[max(by_lr)]} == haze
+    assert len(by_lr[1e-4]) + len(haze) == len(list(body.parameters()))
+    # A name that matches no layer is a typo, not a silent no-op.
+    with pytest.raises(UnweatherError, match="gain2"):
+        param_groups(body, 1e-4, {"gain2": 5})
+    assert len(param_groups(body, 1e-4, {})) == 1
+
+
+def test_resynth_renders_fresh_inputs_from_the_ground_truth(meta_dir):
+    train, _ = data.split_clean(data.load_pairs(meta_dir, "train"))
+    cfg = tiny_cfg().data
+    cfg.flip = False
+    stored = data.WeatherBatches(train, cfg, seed=3, per_weather=2, clean=0)
+    cfg_fresh = config_mod.apply_mapping(tiny_cfg(), {"data": {"resynth": "haze", "flip": False}}).data
+    assert cfg_fresh.resynth == ["haze"]
+    fresh = data.WeatherBatches(train, cfg_fresh, seed=3, per_weather=2, clean=0)
+    haze = slice(0, 2)
+    a, b = stored.batch(0), fresh.batch(0)
+    assert torch.equal(a.targets, b.targets)
+    assert torch.equal(a.inputs[2:], b.inputs[2:])  # rain and snow are read as stored
+    assert not torch.equal(a.inputs[haze], b.inputs[haze])
+    assert torch.equal(b.inputs[haze], fresh.batch(0).inputs[haze])  # a function of (seed, step)
+    # Haze veils towards a bright airlight: the fresh input is brighter and flatter than its ground truth.
+    gt, hazy = b.targets[haze].float(), b.inputs[haze].float()
+    assert (hazy.mean() > gt.mean()) and hazy.std() < gt.std()
+    # The same pair on a later pass gets a different rendering.
+    n = len(train["haze"])
+    later = next(s for s in range(1, 50) if fresh.plan(s)[0][1] == fresh.plan(0)[0][1])
+    assert later * 2 >= n and not torch.equal(fresh.batch(later).inputs[0], b.inputs[0])
+    with pytest.raises(UnweatherError, match="resynth"):
+        cfg_fresh.resynth = ["fog"]
+        data.WeatherBatches(train, cfg_fresh, seed=3)
 
 
 def test_every_batch_holds_every_weather(meta_dir):

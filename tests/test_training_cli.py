@@ -161,6 +161,23 @@ def test_init_continues_a_student_and_refuses_another_shape(chain, tmp_path, cap
     assert "does not fit student_small" in capsys.readouterr().err
 
 
+def test_init_adds_the_haze_head_neutral(chain, tmp_path, capsys):
+    from unweather.models import load_checkpoint
+
+    out = tmp_path / "haze.safetensors"
+    haze = ["--set", "model.options={widths: [4, 4, 8, 8], context_channels: 4, haze_head: true}"]
+    assert main(["train", "student", "--direct", "--meta-dir", str(chain["data"]), "--preset", "tiny",
+                 "--model", "student_small", *haze, "--kc-steps", "0", "--ke-steps", "2",
+                 "--init", str(chain["student"]), "-o", str(out), "--run-dir", str(tmp_path / "run"),
+                 "--set", "log.output=last", "--set", "optim.lr=1e-12"]) == 0
+    assert "new layers start neutral: haze" in "".join(capsys.readouterr())
+    before, after = load_checkpoint(chain["student"]).eval(), load_checkpoint(out).eval()
+    assert after.config.haze_head and not before.config.haze_head
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(after(x), before(x), atol=1e-5, rtol=0)
+
+
 def test_sigint_saves_a_checkpoint_and_resume_continues(chain, tmp_path):
     import signal
     import subprocess

@@ -6,8 +6,12 @@ One configurable class; the registered sizes are two-line factories over it. Des
 - output = input + predicted correction, so a clean frame passes nearly untouched;
 - pooled bottleneck features produce a per-channel scale and shift for every decoder level,
   because haze (airlight, transmission) is a global effect that local convolutions see poorly;
-- only operators that ONNX export and TensorRT run natively: Conv, Relu, Add, Mul, Sigmoid,
-  GlobalAveragePool, DepthToSpace and SpaceToDepth.
+- optionally (`haze_head`), the scattering model I = J t + A (1 - t) is inverted explicitly:
+  J = A + (I - A) k with a global airlight A from the pooled features and a per-pixel gain
+  k = 1/t from the last decoder level. An additive correction must otherwise learn a product of
+  a global and a local quantity, which a small network does poorly; k starts at 1 (no change);
+- only operators that ONNX export and TensorRT run natively: Conv, Relu, Add, Sub, Mul, Sigmoid,
+  Exp, Neg, Clip, Concat, MaxPool, ReduceMin/Max/Mean, DepthToSpace and SpaceToDepth.
 
 Feature taps follow MSBDN's interface (1/4, 1/8, 1/16 and 1/16 of the input size) so that the
 collaborative knowledge transfer can compare them spatially with a teacher's.
@@ -36,6 +40,7 @@ class StudentConfig:
         bottleneck_depth: residual blocks at 1/16 after the third tap.
         decoder_depths: residual blocks at 1/8, 1/4 and 1/2 on the way up.
         context_channels: width of the global-context path.
+        haze_head: invert the scattering model explicitly (global airlight, per-pixel gain).
     """
 
     widths: tuple[int, int, int, int] = (16, 32, 48, 64)
@@ -43,6 +48,7 @@ class StudentConfig:
     bottleneck_depth: int = 2
     decoder_depths: tuple[int, int, int] = (1, 1, 0)
     context_channels: int = 32
+    haze_head: bool = False
 
     def __post_init__(self) -> None:
         # Options may come back from JSON metadata as lists.
@@ -106,9 +112,47 @@ class GlobalContext(nn.Module):
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.zeros_(conv.bias)
 
-    def forward(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Return the pooled hidden vector and the (scale, shift) of each level."""
         g = F.relu(self.reduce(x.mean(dim=(2, 3), keepdim=True)))
-        return [(2 * torch.sigmoid(s(g)), b(g)) for s, b in zip(self.scales, self.shifts)]
+        return g, [(2 * torch.sigmoid(s(g)), b(g)) for s, b in zip(self.scales, self.shifts)]
+
+
+class HazeHead(nn.Module):
+    """J = A + (I - A) k: airlight A (RGB, global) and gain k = 1/t (per pixel).
+
+    A haze-free patch has a dark pixel in some channel (He et al.'s dark channel prior), so the
+    dark channel of I (minimum over channels and 14x14 pixels) measures the veil. Its global mean
+    and maximum, with the image's, join the pooled features for A and a global gain offset; the
+    local dark channel joins the last decoder level for the per-pixel gain. k = exp(z) with z
+    clipped to [-1, 2.5] (t down to 0.08). Every output starts at k = 1, which changes nothing:
+    the head can be added to a trained student.
+    """
+
+    stats = 8
+
+    def __init__(self, features: int, hidden: int) -> None:
+        super().__init__()
+        self.airlight = nn.Conv2d(hidden + self.stats, 3, 1)
+        self.offset = nn.Conv2d(hidden + self.stats, 1, 1)
+        self.gain = nn.Conv2d(features + 1, 4, 3, padding=1)
+        self.unfold = nn.PixelShuffle(2)
+        with torch.no_grad():
+            nn.init.normal_(self.airlight.weight, std=0.01)
+            self.airlight.bias.fill_(1.4)  # sigmoid(1.4) = 0.8, a typical airlight
+            for conv in (self.offset, self.gain):
+                conv.weight.zero_()
+                conv.bias.zero_()
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Dehaze `x` given the pooled vector `g` and half-resolution `features`."""
+        dark = -F.max_pool2d(-F.pixel_unshuffle(x, 2).amin(dim=1, keepdim=True), 7, stride=1, padding=3)
+        stats = torch.cat([x.mean(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True),
+                           dark.mean(dim=(2, 3), keepdim=True), dark.amax(dim=(2, 3), keepdim=True)], dim=1)
+        h = torch.cat([g, stats], dim=1)
+        airlight = torch.sigmoid(self.airlight(h))
+        z = self.unfold(self.gain(torch.cat([features, dark], dim=1))) + self.offset(h)
+        return airlight + (x - airlight) * torch.exp(torch.clamp(z, -1.0, 2.5))
 
 
 class Student(nn.Module):
@@ -120,6 +164,8 @@ class Student(nn.Module):
     """
 
     pad_multiple = 16
+    # Layers an option adds; a checkpoint without them may initialise the network (they start neutral).
+    optional_prefixes = ("haze.",)
 
     def __init__(self, config: StudentConfig | None = None) -> None:
         super().__init__()
@@ -147,6 +193,7 @@ class Student(nn.Module):
         self.dec0 = _stack(c0, config.decoder_depths[2])
         self.head = nn.Conv2d(c0, 12, 3, padding=1)
         self.unfold = nn.PixelShuffle(2)
+        self.haze = HazeHead(c0, config.context_channels) if config.haze_head else None
         # A small initial correction: an untrained student starts near the identity.
         with torch.no_grad():
             self.head.weight.mul_(0.1)
@@ -158,12 +205,13 @@ class Student(nn.Module):
         e1 = self.enc1(self.down1(e0))
         e2 = self.enc2(self.down2(e1))
         e3 = self.enc3(self.down3(e2))
-        (s3, b3), (s2, b2), (s1, b1), (s0, b0) = self.context(e3)
+        g, ((s3, b3), (s2, b2), (s1, b1), (s0, b0)) = self.context(e3)
         d3 = self.bottleneck(e3) * s3 + b3
         d2 = self.dec2((self.up2(d3) + e2) * s2 + b2)
         d1 = self.dec1((self.up1(d2) + e1) * s1 + b1)
         d0 = self.dec0(F.relu((self.up0(d1) + e0) * s0 + b0))
-        out = x + self.unfold(self.head(d0))
+        base = x if self.haze is None else self.haze(x, g, d0)
+        out = base + self.unfold(self.head(d0))
         if return_feat:
             return out, [e1, e2, e3, d3]
         return out

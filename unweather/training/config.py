@@ -41,6 +41,10 @@ class DataConfig:
     cache_limit_mb: int = 4096
     # Threads that read images when they are not cached.
     workers: int = 4
+    # Weather types whose inputs are rendered afresh from each sample's ground truth (random
+    # parameters, `unweather.training.synth`) instead of read: with few photos, a network otherwise
+    # learns each stored rendering (haze density, airlight) rather than reading them from the image.
+    resynth: list[str] = field(default_factory=list)
     # Validation: at most this many pairs per weather, centre-cropped to `val_crop` (0: whole images).
     val_max_pairs: int = 16
     val_crop: int = 256
@@ -67,6 +71,9 @@ class OptimConfig:
     weight_decay: float = 0.0
     min_lr: float = 1e-6
     grad_clip: float = 0.0
+    # lr multipliers by layer name, e.g. {haze: 20}: a new layer added to a trained network learns
+    # at its own pace (Adam moves each weight by about lr per step, whatever its gradient's scale).
+    lr_scale: dict[str, float] = field(default_factory=dict)
     # Mixed precision on CUDA ("auto": bf16 where supported, else fp16 with a gradient scaler).
     amp: str = "auto"
 
@@ -250,6 +257,9 @@ def _coerce(current: Any, value: Any, dotted: str, source: str) -> Any:
             if not isinstance(value, dict):
                 raise TypeError(value)
             return dict(value)
+        if isinstance(current, list):
+            # A single name may stand for a one-element list (`data.resynth=haze`).
+            return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
         return str(value)
     except (TypeError, ValueError) as exc:
         raise UnweatherError(f"{source}: {dotted}={value!r} is not a valid {type(current).__name__}") from exc

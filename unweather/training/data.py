@@ -168,6 +168,12 @@ def _crop(gt: np.ndarray, degraded: np.ndarray, size: int, rng: np.random.Genera
     return gt, degraded
 
 
+def _render(gt: np.ndarray, weather: str, rng: np.random.Generator) -> np.ndarray:
+    from unweather.training.synth import add_weather, to_uint8
+
+    return to_uint8(add_weather(gt.astype(np.float32) / 255.0, weather, rng))
+
+
 def _nchw(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
@@ -201,6 +207,13 @@ class WeatherBatches:
         all_pairs = [pair for pairs in self.datasets.values() for pair in pairs]
         if self.clean:
             all_pairs += [(p, p) for p in self.clean_paths]
+        from unweather.training.synth import WEATHERS
+
+        self.resynth = set(cfg.resynth)
+        wrong = sorted(self.resynth - (set(WEATHERS) & set(self.names)))
+        if wrong:
+            raise UnweatherError(f"data.resynth {wrong}: only synthetic weather types being trained can be "
+                                 f"rendered afresh ({', '.join(n for n in self.names if n in WEATHERS) or 'none'})")
         self.store = ImageStore(_choose_cache(cfg, all_pairs))
         self.store.preload([p for pair in all_pairs for p in pair], cfg.workers)
         self._pool = ThreadPoolExecutor(max(1, cfg.workers)) if not self.store.cache and cfg.workers > 1 \
@@ -248,6 +261,8 @@ class WeatherBatches:
         targets = np.empty_like(inputs)
         for i in range(len(samples)):
             targets[i], inputs[i] = _crop(images[2 * i], images[2 * i + 1], size, rng, self.cfg.flip)
+            if samples[i][0] in self.resynth:
+                inputs[i] = _render(targets[i], samples[i][0], np.random.default_rng([self.seed, 3, step, i]))
         groups, start = [], 0
         for name in [*self.names, CLEAN]:
             count = sum(1 for s in samples if s[0] == name)

@@ -15,9 +15,12 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unweather.errors import UnweatherError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +235,24 @@ def _teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+
+def _load_init(student: nn.Module, start: nn.Module, path: str, arch: str) -> None:
+    """Load `start`'s weights into `student`; layers an option adds (they start neutral) may be missing."""
+    try:
+        missing, unexpected = student.load_state_dict(start.state_dict(), strict=False)
+    except RuntimeError as exc:
+        raise UnweatherError(f"--init {path} does not fit {arch} with these options: "
+                             f"{str(exc).splitlines()[0]}") from None
+    optional = tuple(getattr(student, "optional_prefixes", ()))
+    wrong = list(unexpected) + [k for k in missing if not k.startswith(optional)]
+    if wrong:
+        raise UnweatherError(f"--init {path} does not fit {arch} with these options: "
+                             f"{len(wrong)} weights differ, e.g. {wrong[0]}")
+    if missing:
+        added = sorted({k.split(".")[0] for k in missing})
+        log.info("--init %s: new layers start neutral: %s", path, ", ".join(added))
+
+
 def _valid(meta_dir: str, names: list[str]) -> dict[str, list]:
     from unweather.training import data
 
@@ -320,11 +341,7 @@ def _student(args: argparse.Namespace) -> int:
         if getattr(start, "arch", None) != cfg.model.arch:
             raise UnweatherError(f"--init {args.init} is a {getattr(start, 'arch', 'unknown network')}, not the "
                                  f"{cfg.model.arch} being trained")
-        try:
-            student.load_state_dict(start.state_dict())
-        except RuntimeError as exc:
-            raise UnweatherError(f"--init {args.init} does not fit {cfg.model.arch} with these options: "
-                                 f"{str(exc).splitlines()[0]}") from None
+        _load_init(student, start, args.init, cfg.model.arch)
     teachers = [(w, load_checkpoint(path)) for w, path in teacher_files]
     ckt = None
     if not args.direct and kc > 0:

@@ -62,6 +62,20 @@ class FitResult:
         return Path(self.best[0]["path"]) if self.best else None
 
 
+def param_groups(module: nn.Module, lr: float, scale: dict[str, float]) -> list[dict]:
+    """Adam parameter groups: `lr` times the multiplier of the first name in `scale` that is a
+    component of the parameter's dotted name ("haze" matches "student.haze.gain.weight")."""
+    groups: dict[float, list] = {}
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            factor = next((float(f) for key, f in scale.items() if f".{key}." in f".{name}."), 1.0)
+            groups.setdefault(factor, []).append(p)
+    unused = [key for key in scale if not any(f".{key}." in f".{n}." for n, _ in module.named_parameters())]
+    if unused:
+        raise UnweatherError(f"optim.lr_scale names no layer of the network: {', '.join(map(str, unused))}")
+    return [{"params": ps, "lr": lr * factor} for factor, ps in groups.items()]
+
+
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
     """Linear warm-up over `warmup` steps, then cosine from 1 to `min_ratio` at `total`."""
     if warmup > 0 and step < warmup:
@@ -183,8 +197,8 @@ class Trainer:
         if cfg.optim.scale_lr_by_batch:
             lr = lr * batches.batch_size / 16
         self.lr = lr
-        self.optimizer = torch.optim.Adam(params, lr=lr, betas=tuple(cfg.optim.betas),
-                                          weight_decay=cfg.optim.weight_decay)
+        self.optimizer = torch.optim.Adam(param_groups(trainable, lr, cfg.optim.lr_scale), lr=lr,
+                                          betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
         min_ratio = min(1.0, cfg.optim.min_lr / lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.total, self.warmup, min_ratio))
