@@ -38,6 +38,7 @@ QUALITY_POLISH_KE=${QUALITY_POLISH_KE:-3000}
 STUDENT_CROP=${STUDENT_CROP:-64}
 HAZE_STEPS=${HAZE_STEPS:-3000}
 HAZE_LR_SCALE=${HAZE_LR_SCALE:-20}
+QUALITY_HAZE_STEPS=${QUALITY_HAZE_STEPS:-1500}
 COMMON=(--meta-dir "$META" --preset cpu --threads 1 --no-progress)
 # The two-stage students' loss settings on top of the cpu preset (read when each student starts).
 STUDENTS_YAML=scripts/default_students.yaml
@@ -121,6 +122,20 @@ fast_resynth() {
         --lr 1e-4 --set loss.pixel_balance=none --set 'model.options={haze_head: true}' \
         --set "optim.lr_scale={haze: $HAZE_LR_SCALE}" --set 'data.resynth=[haze]' \
         --init "$MODELS/fast_full.safetensors"
+}
+fast_recolour() {
+    [[ -f "$MODELS/fast_full.safetensors" ]] || fast_full
+    run fast_recolour student --model student_small --direct --crop 160 --kc-steps 0 --ke-steps "$HAZE_STEPS" \
+        --lr 1e-4 --set loss.pixel_balance=none --set 'model.options={haze_head: true}' \
+        --set "optim.lr_scale={haze: $HAZE_LR_SCALE}" --set 'data.resynth=[haze]' --set data.resynth_recolour=true \
+        --init "$MODELS/fast_full.safetensors"
+}
+quality_haze() {
+    [[ -f "$MODELS/quality_wide.safetensors" ]] || quality_wide
+    run quality_haze student --model student_base --direct --crop 160 --kc-steps 0 --ke-steps "$QUALITY_HAZE_STEPS" \
+        --lr 1e-4 --set 'model.options={haze_head: true}' \
+        --set "optim.lr_scale={haze: $HAZE_LR_SCALE}" --set 'data.resynth=[haze]' --set data.resynth_recolour=true \
+        --init "$MODELS/quality_wide.safetensors"
 }
 fast_more() {
     [[ -f "$MODELS/fast_full.safetensors" ]] || fast_full

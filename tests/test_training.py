@@ -120,6 +120,23 @@ def test_resynth_renders_fresh_inputs_from_the_ground_truth(meta_dir):
     n = len(train["haze"])
     later = next(s for s in range(1, 50) if fresh.plan(s)[0][1] == fresh.plan(0)[0][1])
     assert later * 2 >= n and not torch.equal(fresh.batch(later).inputs[0], b.inputs[0])
+    # Recolouring changes the haze ground truths only: channel order and exposure (at most 1).
+    cfg_fresh.resynth_recolour = True
+    recoloured = data.WeatherBatches(train, cfg_fresh, seed=3, per_weather=2, clean=0).batch(0)
+    assert torch.equal(recoloured.targets[2:], a.targets[2:])
+    new, old = recoloured.targets[haze].float(), a.targets[haze].float()
+    assert not torch.equal(new, old)
+    for i in range(2):
+        exposure = new[i].sum() / old[i].sum()
+        assert 0.5 - 0.01 <= exposure <= 1.0 + 1e-6
+        assert sorted((new[i].mean(dim=(1, 2)) / exposure).tolist()) == pytest.approx(
+            sorted(old[i].mean(dim=(1, 2)).tolist()), abs=0.6)
+    # Clean pairs are recoloured alike (input = target), so odd colours alone do not mean haze.
+    train_all, clean = data.split_clean(data.load_pairs(meta_dir, "train"))
+    plain = data.WeatherBatches(train_all, cfg, seed=3, per_weather=1, clean=2, clean_paths=clean)
+    mixed = data.WeatherBatches(train_all, cfg_fresh, seed=3, per_weather=1, clean=2, clean_paths=clean)
+    p, m = plain.batch(0), mixed.batch(0)
+    assert torch.equal(m.inputs[3:], m.targets[3:]) and not torch.equal(m.targets[3:], p.targets[3:])
     with pytest.raises(UnweatherError, match="resynth"):
         cfg_fresh.resynth = ["fog"]
         data.WeatherBatches(train, cfg_fresh, seed=3)

@@ -45,6 +45,10 @@ class DataConfig:
     # parameters, `unweather.training.synth`) instead of read: with few photos, a network otherwise
     # learns each stored rendering (haze density, airlight) rather than reading them from the image.
     resynth: list[str] = field(default_factory=list)
+    # Before rendering, recolour the ground truth (random channel order, exposure 0.5-1), and the clean
+    # pairs alike: colours and brightness then say nothing about the weather, which must be read from
+    # its own cues.
+    resynth_recolour: bool = False
     # Validation: at most this many pairs per weather, centre-cropped to `val_crop` (0: whole images).
     val_max_pairs: int = 16
     val_crop: int = 256

@@ -168,6 +168,11 @@ def _crop(gt: np.ndarray, degraded: np.ndarray, size: int, rng: np.random.Genera
     return gt, degraded
 
 
+def _recolour(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    scaled = gt[..., rng.permutation(3)].astype(np.float32) * rng.uniform(0.5, 1.0)
+    return np.round(scaled).astype(np.uint8)
+
+
 def _render(gt: np.ndarray, weather: str, rng: np.random.Generator) -> np.ndarray:
     from unweather.training.synth import add_weather, to_uint8
 
@@ -262,7 +267,13 @@ class WeatherBatches:
         for i in range(len(samples)):
             targets[i], inputs[i] = _crop(images[2 * i], images[2 * i + 1], size, rng, self.cfg.flip)
             if samples[i][0] in self.resynth:
-                inputs[i] = _render(targets[i], samples[i][0], np.random.default_rng([self.seed, 3, step, i]))
+                sample_rng = np.random.default_rng([self.seed, 3, step, i])
+                if self.cfg.resynth_recolour:
+                    targets[i] = _recolour(targets[i], sample_rng)
+                inputs[i] = _render(targets[i], samples[i][0], sample_rng)
+            elif samples[i][0] == CLEAN and self.resynth and self.cfg.resynth_recolour:
+                # Clean frames are recoloured alike, or dark and odd-coloured frames would all mean haze.
+                targets[i] = inputs[i] = _recolour(targets[i], np.random.default_rng([self.seed, 3, step, i]))
         groups, start = [], 0
         for name in [*self.names, CLEAN]:
             count = sum(1 for s in samples if s[0] == name)
