@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Train the models that ship in the package: three single-weather teachers, then the two-stage students
-# (KC with CKT, then KE) `fast` (student_small: the runs nomcr_fast, fast_wide, fast_full) and `quality`
-# (student_base: student_quality, student_quality_more, student_quality_polish, quality_wide), and the other
-# rows of the quality table (student_fast: the same two-stage student_small with MCR; direct_fast: trained
-# without teachers).
+# (KC with CKT, then KE) `fast` (student_small: the runs nomcr_fast, fast_wide, fast_full, fast_recolour) and
+# `quality` (student_base: student_quality, student_quality_more, student_quality_polish, quality_wide,
+# quality_haze), and the other rows of the quality table (student_fast: the same two-stage student_small with
+# MCR; direct_fast: trained without teachers). `ablations`: the haze head alone (fast_haze) and with fresh
+# haze but no recolouring (fast_resynth), README "Default models".
 #
-#   bash scripts/train_default_models.sh [all|lanes|teachers|fast|quality|baselines|ship|RUN...]
+#   bash scripts/train_default_models.sh [all|lanes|teachers|fast|quality|baselines|ablations|ship|RUN...]
 #
 # Idempotent and resumable: a run whose output exists is skipped; a run directory holding a checkpoint is
 # continued with --resume (stop any run with Ctrl-C or SIGINT: it saves a checkpoint first). Run
@@ -39,6 +40,7 @@ STUDENT_CROP=${STUDENT_CROP:-64}
 HAZE_STEPS=${HAZE_STEPS:-3000}
 HAZE_LR_SCALE=${HAZE_LR_SCALE:-20}
 QUALITY_HAZE_STEPS=${QUALITY_HAZE_STEPS:-1500}
+SETTLE_STEPS=${SETTLE_STEPS:-1500}
 COMMON=(--meta-dir "$META" --preset cpu --threads 1 --no-progress)
 # The two-stage students' loss settings on top of the cpu preset (read when each student starts).
 STUDENTS_YAML=scripts/default_students.yaml
@@ -130,6 +132,14 @@ fast_recolour() {
         --set "optim.lr_scale={haze: $HAZE_LR_SCALE}" --set 'data.resynth=[haze]' --set data.resynth_recolour=true \
         --init "$MODELS/fast_full.safetensors"
 }
+# The same at a third of the learning rate, from fast_recolour's kept step: rain and snow settle back.
+fast_settle() {
+    [[ -f "$MODELS/fast_recolour.safetensors" ]] || fast_recolour
+    run fast_settle student --model student_small --direct --crop 160 --kc-steps 0 --ke-steps "$SETTLE_STEPS" \
+        --lr 3e-5 --set loss.pixel_balance=none --set 'model.options={haze_head: true}' \
+        --set "optim.lr_scale={haze: $HAZE_LR_SCALE}" --set 'data.resynth=[haze]' --set data.resynth_recolour=true \
+        --init "$MODELS/fast_recolour.safetensors"
+}
 quality_haze() {
     [[ -f "$MODELS/quality_wide.safetensors" ]] || quality_wide
     run quality_haze student --model student_base --direct --crop 160 --kc-steps 0 --ke-steps "$QUALITY_HAZE_STEPS" \
@@ -164,10 +174,10 @@ ship() {
 lanes() {
     # Lane 1 and lane 2 run side by side; each step of a lane waits only for what it needs.
     (teacher_rain && direct_fast && wait_for teacher_snow teacher_haze && student_fast && nomcr_fast && fast_wide \
-        && fast_full) &
+        && fast_full && fast_recolour) &
     local one=$!
     (teacher_snow && teacher_haze && wait_for teacher_rain && student_quality && student_quality_more && student_quality_polish \
-        && quality_wide) &
+        && quality_wide && quality_haze) &
     local two=$!
     wait "$one" "$two"
 }
@@ -184,11 +194,13 @@ target=${1:-lanes}
 shift || true
 case "$target" in
     all) teacher_rain; teacher_snow; teacher_haze; student_fast; student_quality; student_quality_more
-         student_quality_polish; quality_wide; direct_fast; nomcr_fast; fast_wide; fast_full; ship ;;
+         student_quality_polish; quality_wide; quality_haze; direct_fast; nomcr_fast; fast_wide; fast_full
+         fast_recolour; ship ;;
     lanes) lanes; ship ;;
     teachers) teacher_rain; teacher_snow; teacher_haze ;;
-    fast) nomcr_fast; fast_wide; fast_full ;;
-    quality) student_quality; student_quality_more; student_quality_polish; quality_wide ;;
+    fast) nomcr_fast; fast_wide; fast_full; fast_recolour ;;
+    quality) student_quality; student_quality_more; student_quality_polish; quality_wide; quality_haze ;;
+    ablations) fast_haze; fast_resynth ;;
     baselines) student_fast; direct_fast ;;
     ship) ship ;;
     *) for name in "$target" "$@"; do "$name"; done ;;
