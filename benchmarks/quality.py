@@ -186,6 +186,9 @@ RECORDED_RUNS = (
     ("fast_wide", "student_small (without MCR) + 2000 steps of L1 on 128 px crops"),
     ("fast_full", "student_small (128 px) + 1500 steps of plain L1 on whole 160 px frames"),
     ("quality_wide", "student_base (without MCR) + 1200 steps of L1 on 128 px crops"),
+    ("fast_recolour", "student_small (fast_full) + haze head, fresh recoloured haze, 3000 steps L1"),
+    ("fast_balanced", "the same with each weather's loss divided by its input error, 2000 steps"),
+    ("quality_haze", "student_base (quality_wide) + haze head, fresh recoloured haze, 1500 steps L1"),
 )
 
 

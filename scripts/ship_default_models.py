@@ -28,10 +28,10 @@ RECORD_FILES = ("config.yaml", "metrics.jsonl", "train.log", "result.json", "las
 REPRODUCE = {"fast": "fast", "quality": "quality"}
 RUNS = ("teacher_rain", "teacher_snow", "teacher_haze", "student_fast", "student_quality", "student_quality_more",
         "student_quality_polish", "direct_fast", "nomcr_fast", "fast_wide", "quality_wide", "fast_full",
-        "fast_haze", "fast_resynth", "fast_recolour", "quality_haze")
+        "fast_haze", "fast_resynth", "fast_recolour", "fast_balanced", "quality_haze")
 # Runs that continue a two-stage student with plain L1 to the ground truth (`--direct --init`).
 FINISHED_WITH_L1 = ("fast_wide", "quality_wide", "fast_full", "fast_haze", "fast_resynth", "fast_recolour",
-                    "quality_haze")
+                    "fast_balanced", "quality_haze")
 LIMIT_BYTES = 10 * 2**20
 
 

@@ -3,8 +3,9 @@
 # (KC with CKT, then KE) `fast` (student_small: the runs nomcr_fast, fast_wide, fast_full, fast_recolour) and
 # `quality` (student_base: student_quality, student_quality_more, student_quality_polish, quality_wide,
 # quality_haze), and the other rows of the quality table (student_fast: the same two-stage student_small with
-# MCR; direct_fast: trained without teachers). `ablations`: the haze head alone (fast_haze) and with fresh
-# haze but no recolouring (fast_resynth), README "Default models".
+# MCR; direct_fast: trained without teachers). `ablations`: the haze head alone (fast_haze), with fresh
+# haze but no recolouring (fast_resynth), and fast_recolour with balanced weathers (fast_balanced), README
+# "Default models".
 #
 #   bash scripts/train_default_models.sh [all|lanes|teachers|fast|quality|baselines|ablations|ship|RUN...]
 #
@@ -40,7 +41,7 @@ STUDENT_CROP=${STUDENT_CROP:-64}
 HAZE_STEPS=${HAZE_STEPS:-3000}
 HAZE_LR_SCALE=${HAZE_LR_SCALE:-20}
 QUALITY_HAZE_STEPS=${QUALITY_HAZE_STEPS:-1500}
-SETTLE_STEPS=${SETTLE_STEPS:-1500}
+BALANCED_STEPS=${BALANCED_STEPS:-2000}
 COMMON=(--meta-dir "$META" --preset cpu --threads 1 --no-progress)
 # The two-stage students' loss settings on top of the cpu preset (read when each student starts).
 STUDENTS_YAML=scripts/default_students.yaml
@@ -132,13 +133,14 @@ fast_recolour() {
         --set "optim.lr_scale={haze: $HAZE_LR_SCALE}" --set 'data.resynth=[haze]' --set data.resynth_recolour=true \
         --init "$MODELS/fast_full.safetensors"
 }
-# The same at a third of the learning rate, from fast_recolour's kept step: rain and snow settle back.
-fast_settle() {
-    [[ -f "$MODELS/fast_recolour.safetensors" ]] || fast_recolour
-    run fast_settle student --model student_small --direct --crop 160 --kc-steps 0 --ke-steps "$SETTLE_STEPS" \
-        --lr 3e-5 --set loss.pixel_balance=none --set 'model.options={haze_head: true}' \
+# The same with each weather's pixel loss divided by its input error (the preset's balance): fresh
+# haze is harder than the stored renderings and would otherwise take the body from rain and snow.
+fast_balanced() {
+    [[ -f "$MODELS/fast_full.safetensors" ]] || fast_full
+    run fast_balanced student --model student_small --direct --crop 160 --kc-steps 0 --ke-steps "$BALANCED_STEPS" \
+        --lr 1e-4 --set 'model.options={haze_head: true}' \
         --set "optim.lr_scale={haze: $HAZE_LR_SCALE}" --set 'data.resynth=[haze]' --set data.resynth_recolour=true \
-        --init "$MODELS/fast_recolour.safetensors"
+        --init "$MODELS/fast_full.safetensors"
 }
 quality_haze() {
     [[ -f "$MODELS/quality_wide.safetensors" ]] || quality_wide
@@ -200,7 +202,7 @@ case "$target" in
     teachers) teacher_rain; teacher_snow; teacher_haze ;;
     fast) nomcr_fast; fast_wide; fast_full; fast_recolour ;;
     quality) student_quality; student_quality_more; student_quality_polish; quality_wide; quality_haze ;;
-    ablations) fast_haze; fast_resynth ;;
+    ablations) fast_haze; fast_resynth; fast_balanced ;;
     baselines) student_fast; direct_fast ;;
     ship) ship ;;
     *) for name in "$target" "$@"; do "$name"; done ;;
