@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from unweather.models import build, count_flops
@@ -73,6 +74,16 @@ def test_options_override_and_round_trip_through_json_lists():
         Student(StudentConfig(widths=(8, 16, 24)))
 
 
+def test_min_filter_is_a_minimum_over_the_window():
+    from unweather.models.student import _min_filter
+
+    x = torch.rand(2, 3, 20, 28)
+    expected = -F.max_pool2d(-x, 7, stride=1, padding=3)
+    assert torch.equal(_min_filter(x, 7), expected)
+    # Brute force on one pixel near a corner, where the window is cut by the border.
+    assert _min_filter(x, 7)[1, 2, 1, 2] == x[1, 2, 0:5, 0:6].min()
+
+
 def test_haze_head_starts_neutral_and_inverts_the_scattering_model():
     torch.manual_seed(0)
     plain = build("student_small").eval()
@@ -112,7 +123,7 @@ def test_onnx_export_uses_only_native_operators(name, options, tmp_path):
     allowed = {
         "Conv", "ConvTranspose", "Relu", "PRelu", "LeakyRelu", "Add", "Mul", "Concat", "Resize",
         "GlobalAveragePool", "ReduceMean", "Sigmoid", "Pad", "DepthToSpace", "SpaceToDepth", "Slice",
-        "Constant", "Identity", "Reshape", "Transpose", "Sub", "Exp", "Clip", "Neg", "MaxPool", "ReduceMin",
+        "Constant", "Identity", "Reshape", "Transpose", "Sub", "Exp", "Clip", "Min", "ReduceMin",
         "ReduceMax",
     }  # fmt: skip
     assert used <= allowed, used - allowed

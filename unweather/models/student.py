@@ -10,8 +10,8 @@ One configurable class; the registered sizes are two-line factories over it. Des
   J = A + (I - A) k with a global airlight A from the pooled features and a per-pixel gain
   k = 1/t from the last decoder level. An additive correction must otherwise learn a product of
   a global and a local quantity, which a small network does poorly; k starts at 1 (no change);
-- only operators that ONNX export and TensorRT run natively: Conv, Relu, Add, Sub, Mul, Sigmoid,
-  Exp, Neg, Clip, Concat, MaxPool, ReduceMin/Max/Mean, DepthToSpace and SpaceToDepth.
+- only operators that ONNX export and TensorRT run natively: Conv, Relu, Add, Sub, Mul, Min, Sigmoid,
+  Exp, Clip, Pad, Slice, Concat, ReduceMin/Max/Mean, DepthToSpace and SpaceToDepth.
 
 Feature taps follow MSBDN's interface (1/4, 1/8, 1/16 and 1/16 of the input size) so that the
 collaborative knowledge transfer can compare them spatially with a teacher's.
@@ -118,6 +118,28 @@ class GlobalContext(nn.Module):
         return g, [(2 * torch.sigmoid(s(g)), b(g)) for s, b in zip(self.scales, self.shifts)]
 
 
+def _min_filter(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Minimum over a size x size window (stride 1, same size) of an NCHW tensor.
+
+    Shifted minima along each axis, the border repeated (which leaves a minimum unchanged): the
+    same result as a negated max pooling, about 20x faster on a CPU, and in ONNX only Slice with
+    constant bounds, Concat and Min.
+    """
+    r = size // 2
+    # Width: columns i .. i + W of the padded tensor, for i = 0 .. 2r.
+    padded = torch.cat([x[..., :1]] * r + [x] + [x[..., -1:]] * r, dim=3)
+    shifted = [padded[..., i:(i - 2 * r) or None] for i in range(2 * r + 1)]
+    x = shifted[0]
+    for other in shifted[1:]:
+        x = torch.minimum(x, other)
+    padded = torch.cat([x[..., :1, :]] * r + [x] + [x[..., -1:, :]] * r, dim=2)
+    shifted = [padded[..., i:(i - 2 * r) or None, :] for i in range(2 * r + 1)]
+    x = shifted[0]
+    for other in shifted[1:]:
+        x = torch.minimum(x, other)
+    return x
+
+
 class HazeHead(nn.Module):
     """J = A + (I - A) k: airlight A (RGB, global) and gain k = 1/t (per pixel).
 
@@ -146,12 +168,18 @@ class HazeHead(nn.Module):
 
     def forward(self, x: torch.Tensor, g: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Dehaze `x` given the pooled vector `g` and half-resolution `features`."""
-        dark = -F.max_pool2d(-F.pixel_unshuffle(x, 2).amin(dim=1, keepdim=True), 7, stride=1, padding=3)
+        m = x.amin(dim=1, keepdim=True)
+        m = torch.minimum(torch.minimum(m[..., 0::2, 0::2], m[..., 1::2, 0::2]),
+                          torch.minimum(m[..., 0::2, 1::2], m[..., 1::2, 1::2]))
+        dark = _min_filter(m, 7)
         stats = torch.cat([x.mean(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True),
                            dark.mean(dim=(2, 3), keepdim=True), dark.amax(dim=(2, 3), keepdim=True)], dim=1)
         h = torch.cat([g, stats], dim=1)
         airlight = torch.sigmoid(self.airlight(h))
-        z = self.unfold(self.gain(torch.cat([features, dark], dim=1))) + self.offset(h)
+        # gain(concat(features, dark)) as two convolutions: CPU kernels are slow on odd channel counts.
+        w = self.gain.weight
+        z = F.conv2d(features, w[:, :-1], self.gain.bias, padding=1) + F.conv2d(dark, w[:, -1:], padding=1)
+        z = self.unfold(z) + self.offset(h)
         return airlight + (x - airlight) * torch.exp(torch.clamp(z, -1.0, 2.5))
 
 
