@@ -126,17 +126,14 @@ def _min_filter(x: torch.Tensor, size: int) -> torch.Tensor:
     constant bounds, Concat and Min.
     """
     r = size // 2
-    # Width: columns i .. i + W of the padded tensor, for i = 0 .. 2r.
-    padded = torch.cat([x[..., :1]] * r + [x] + [x[..., -1:]] * r, dim=3)
-    shifted = [padded[..., i:(i - 2 * r) or None] for i in range(2 * r + 1)]
-    x = shifted[0]
-    for other in shifted[1:]:
-        x = torch.minimum(x, other)
-    padded = torch.cat([x[..., :1, :]] * r + [x] + [x[..., -1:, :]] * r, dim=2)
-    shifted = [padded[..., i:(i - 2 * r) or None, :] for i in range(2 * r + 1)]
-    x = shifted[0]
-    for other in shifted[1:]:
-        x = torch.minimum(x, other)
+    for dim in (3, 2):
+        def cut(t: torch.Tensor, start: int, stop: int | None, dim: int = dim) -> torch.Tensor:
+            return t[(slice(None),) * dim + (slice(start, stop),)]
+
+        padded = torch.cat([cut(x, 0, 1)] * r + [x] + [cut(x, -1, None)] * r, dim=dim)
+        for i in range(2 * r + 1):
+            shifted = cut(padded, i, (i - 2 * r) or None)
+            x = shifted if i == 0 else torch.minimum(x, shifted)
     return x
 
 

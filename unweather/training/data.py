@@ -266,14 +266,13 @@ class WeatherBatches:
         targets = np.empty_like(inputs)
         for i in range(len(samples)):
             targets[i], inputs[i] = _crop(images[2 * i], images[2 * i + 1], size, rng, self.cfg.flip)
-            if samples[i][0] in self.resynth:
+            group = samples[i][0]
+            # Clean frames are recoloured alike, or dark and odd-coloured frames would all mean haze.
+            if group in self.resynth or (group == CLEAN and self.resynth):
                 sample_rng = np.random.default_rng([self.seed, 3, step, i])
                 if self.cfg.resynth_recolour:
                     targets[i] = _recolour(targets[i], sample_rng)
-                inputs[i] = _render(targets[i], samples[i][0], sample_rng)
-            elif samples[i][0] == CLEAN and self.resynth and self.cfg.resynth_recolour:
-                # Clean frames are recoloured alike, or dark and odd-coloured frames would all mean haze.
-                targets[i] = inputs[i] = _recolour(targets[i], np.random.default_rng([self.seed, 3, step, i]))
+                inputs[i] = _render(targets[i], group, sample_rng) if group in self.resynth else targets[i]
         groups, start = [], 0
         for name in [*self.names, CLEAN]:
             count = sum(1 for s in samples if s[0] == name)

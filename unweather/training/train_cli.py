@@ -235,7 +235,6 @@ def _teacher(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def _load_init(student: nn.Module, start: nn.Module, path: str, arch: str) -> None:
     """Load `start`'s weights into `student`; layers an option adds (they start neutral) may be missing."""
     try:
