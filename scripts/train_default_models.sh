@@ -111,49 +111,27 @@ fast_full() {
     run fast_full student --model student_small --direct --crop 160 --kc-steps 0 --ke-steps "$FAST_FULL_STEPS" \
         --lr 5e-5 --set loss.pixel_balance=none --init "$MODELS/fast_wide.safetensors"
 }
-# The haze head (explicit inversion of the scattering model) added to the trained fast student, and the
-# same finishing without it (the control: how much is the head, how much the extra steps).
-fast_haze() {
-    [[ -f "$MODELS/fast_full.safetensors" ]] || fast_full
-    run fast_haze student --model student_small --direct --crop 160 --kc-steps 0 --ke-steps "$HAZE_STEPS" \
-        --lr 1e-4 --set loss.pixel_balance=none --set 'model.options={haze_head: true}' \
-        --set "optim.lr_scale={haze: $HAZE_LR_SCALE}" --init "$MODELS/fast_full.safetensors"
+# The haze head (explicit inversion of the scattering model) added to a trained student, on whole 160 px
+# frames: haze_run NAME ARCH INIT STEPS [ARGS...]. The head's new layers learn HAZE_LR_SCALE times faster.
+haze_run() {
+    local name=$1 arch=$2 init=$3 steps=$4
+    shift 4
+    [[ -f "$MODELS/$init.safetensors" ]] || "$init"
+    run "$name" student --model "$arch" --direct --crop 160 --kc-steps 0 --ke-steps "$steps" --lr 1e-4 \
+        --set 'model.options={haze_head: true}' --set "optim.lr_scale={haze: $HAZE_LR_SCALE}" "$@" \
+        --init "$MODELS/$init.safetensors"
 }
+# Haze rendered afresh each step on a recoloured ground truth (clean pairs recoloured alike).
+FRESH=(--set 'data.resynth=[haze]' --set data.resynth_recolour=true)
+fast_recolour() { haze_run fast_recolour student_small fast_full "$HAZE_STEPS" --set loss.pixel_balance=none "${FRESH[@]}"; }
+quality_haze() { haze_run quality_haze student_base quality_wide "$QUALITY_HAZE_STEPS" "${FRESH[@]}"; }
+# Ablations: the head alone, fresh haze without recolouring, and fast_recolour with each weather's pixel
+# loss divided by its input error (the preset's balance).
+fast_haze() { haze_run fast_haze student_small fast_full "$HAZE_STEPS" --set loss.pixel_balance=none; }
 fast_resynth() {
-    [[ -f "$MODELS/fast_full.safetensors" ]] || fast_full
-    run fast_resynth student --model student_small --direct --crop 160 --kc-steps 0 --ke-steps "$HAZE_STEPS" \
-        --lr 1e-4 --set loss.pixel_balance=none --set 'model.options={haze_head: true}' \
-        --set "optim.lr_scale={haze: $HAZE_LR_SCALE}" --set 'data.resynth=[haze]' \
-        --init "$MODELS/fast_full.safetensors"
+    haze_run fast_resynth student_small fast_full "$HAZE_STEPS" --set loss.pixel_balance=none --set 'data.resynth=[haze]'
 }
-fast_recolour() {
-    [[ -f "$MODELS/fast_full.safetensors" ]] || fast_full
-    run fast_recolour student --model student_small --direct --crop 160 --kc-steps 0 --ke-steps "$HAZE_STEPS" \
-        --lr 1e-4 --set loss.pixel_balance=none --set 'model.options={haze_head: true}' \
-        --set "optim.lr_scale={haze: $HAZE_LR_SCALE}" --set 'data.resynth=[haze]' --set data.resynth_recolour=true \
-        --init "$MODELS/fast_full.safetensors"
-}
-# The same with each weather's pixel loss divided by its input error (the preset's balance): fresh
-# haze is harder than the stored renderings and would otherwise take the body from rain and snow.
-fast_balanced() {
-    [[ -f "$MODELS/fast_full.safetensors" ]] || fast_full
-    run fast_balanced student --model student_small --direct --crop 160 --kc-steps 0 --ke-steps "$BALANCED_STEPS" \
-        --lr 1e-4 --set 'model.options={haze_head: true}' \
-        --set "optim.lr_scale={haze: $HAZE_LR_SCALE}" --set 'data.resynth=[haze]' --set data.resynth_recolour=true \
-        --init "$MODELS/fast_full.safetensors"
-}
-quality_haze() {
-    [[ -f "$MODELS/quality_wide.safetensors" ]] || quality_wide
-    run quality_haze student --model student_base --direct --crop 160 --kc-steps 0 --ke-steps "$QUALITY_HAZE_STEPS" \
-        --lr 1e-4 --set 'model.options={haze_head: true}' \
-        --set "optim.lr_scale={haze: $HAZE_LR_SCALE}" --set 'data.resynth=[haze]' --set data.resynth_recolour=true \
-        --init "$MODELS/quality_wide.safetensors"
-}
-fast_more() {
-    [[ -f "$MODELS/fast_full.safetensors" ]] || fast_full
-    run fast_more student --model student_small --direct --crop 160 --kc-steps 0 --ke-steps "$HAZE_STEPS" \
-        --lr 1e-4 --set loss.pixel_balance=none --init "$MODELS/fast_full.safetensors"
-}
+fast_balanced() { haze_run fast_balanced student_small fast_full "$BALANCED_STEPS" "${FRESH[@]}"; }
 quality_wide() {
     [[ -f "$MODELS/student_quality_polish.safetensors" ]] || student_quality_polish
     run quality_wide student --model student_base --direct --crop "$WIDE_CROP" --kc-steps 0 \
