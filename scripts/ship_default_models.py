@@ -29,9 +29,6 @@ REPRODUCE = {"fast": "fast", "quality": "quality"}
 RUNS = ("teacher_rain", "teacher_snow", "teacher_haze", "student_fast", "student_quality", "student_quality_more",
         "student_quality_polish", "direct_fast", "nomcr_fast", "fast_wide", "quality_wide", "fast_full",
         "fast_haze", "fast_resynth", "fast_recolour", "fast_balanced", "quality_haze")
-# Runs that continue a two-stage student with plain L1 to the ground truth (`--direct --init`).
-FINISHED_WITH_L1 = ("fast_wide", "quality_wide", "fast_full", "fast_haze", "fast_resynth", "fast_recolour",
-                    "fast_balanced", "quality_haze")
 LIMIT_BYTES = 10 * 2**20
 
 
@@ -90,7 +87,8 @@ def main() -> int:
         meta.update({"name": name, "data": data, "training_run": f"training_runs/{run}",
                      "reproduce": f"bash scripts/train_default_models.sh teachers {REPRODUCE[name]}", "commit": _commit(),
                      "stored_dtype": str(dtype or torch.float32).removeprefix("torch.")})
-        if run in FINISHED_WITH_L1:
+        # A direct run that continues an --init network finishes the two-stage chain the shipped runs start with.
+        if meta.get("training") == "direct" and meta.get("init"):
             meta["training"] = "kc+ke, then l1"
         out = args.weights / f"{name}.safetensors"
         save(load_checkpoint(src), out, meta, dtype=dtype)
