@@ -71,3 +71,32 @@ def test_identical_images_and_bad_shapes():
         ssim(a[:8, :8], a[:8, :8])
     with pytest.raises(ValueError):
         psnr(np.zeros((4, 4)), np.zeros((4, 4)))
+
+
+def test_pattern_score_finds_a_fixed_grid_not_scene_content():
+    from unweather.training.metrics import pattern_score
+
+    h, w = 480, 640
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    gradient = np.stack([0.2 + 0.6 * xx / w, 0.3 + 0.4 * yy / h, np.full((h, w), 0.5, np.float32)], axis=-1)
+    rng = np.random.default_rng(0)
+    texture = np.clip(gradient + rng.normal(0, 0.02, gradient.shape).astype(np.float32), 0, 1)
+    # A grid of 16 px period with 1 level of amplitude, as a shuffle up-sampling path leaves in a sky.
+    grid = (np.sin(2 * np.pi * xx / 16) * np.cos(2 * np.pi * yy / 8))[..., None] / 255.0
+    for clean, most in ((gradient, 0.01), (np.full((h, w, 3), 0.7, np.float32), 0.01), (texture, 0.3)):
+        base = pattern_score(clean)
+        assert base < most, base
+        assert pattern_score(np.clip(clean + grid, 0, 1)) > base + 0.2
+    # A 2-pixel checkerboard counts at period 16 too.
+    checker = ((xx + yy) % 2 - 0.5)[..., None] * 2 / 255.0
+    assert pattern_score(gradient + checker) > 0.5
+
+
+def test_colour_shift_is_the_largest_channel_mean_difference():
+    from unweather.training.metrics import colour_shift
+
+    a = np.full((8, 8, 3), 0.5, np.float32)
+    b = a.copy()
+    b[..., 2] += 3 / 255
+    assert colour_shift(a, b) == pytest.approx(3.0, abs=1e-4)
+    assert colour_shift(a, a) == 0.0

@@ -13,6 +13,8 @@ from unweather.models import build, count_flops
 from unweather.models.student import Student, StudentConfig
 
 STUDENTS = ["student_small", "student_base"]
+# The options that leave no fixed grid on flat regions (issue: a 16-pixel pattern in skies).
+GRID_FREE = {"haze_head": True, "upsample": "bilinear", "phase_balance": True, "haze_gate": True}
 
 
 @pytest.mark.parametrize("name", STUDENTS)
@@ -104,7 +106,8 @@ def test_haze_head_starts_neutral_and_inverts_the_scattering_model():
         torch.testing.assert_close(model.haze(hazy, g, features), scene, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name,options", [(n, {}) for n in STUDENTS] + [("student_small", {"haze_head": True})])
+@pytest.mark.parametrize("name,options", [(n, {}) for n in STUDENTS]
+                         + [("student_small", {"haze_head": True}), ("student_small", GRID_FREE)])
 def test_onnx_export_uses_only_native_operators(name, options, tmp_path):
     onnx = pytest.importorskip("onnx")
     model = build(name, **options).eval()
@@ -127,3 +130,74 @@ def test_onnx_export_uses_only_native_operators(name, options, tmp_path):
         "ReduceMax",
     }  # fmt: skip
     assert used <= allowed, used - allowed
+
+
+
+def _randomise(model: torch.nn.Module, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    model.project_()  # as the trainer does after every step
+
+
+@pytest.mark.parametrize("options,grid", [({}, True), (GRID_FREE, False)])
+def test_flat_frame_gets_no_grid_only_from_grid_free_options(options, grid):
+    # Random weights stand for any trained state: a flat input must come out flat in the interior.
+    model = build("student_small", **options).eval()
+    _randomise(model)
+    # Large enough that the borders' zero padding does not reach the centre through 4 levels.
+    x = torch.full((1, 3, 768, 768), 0.6)
+    with torch.no_grad():
+        out = model(x)[..., 352:416, 352:416]
+    spread = float((out - out.mean(dim=(2, 3), keepdim=True)).abs().max() / out.abs().mean())
+    assert (spread > 1e-4) == grid, spread
+
+
+def test_phase_balanced_keeps_detail_and_balances_the_constant_response():
+    from unweather.models.student import phase_balanced
+
+    w, b = torch.randn(12, 5, 3, 3), torch.randn(12)
+    bw, bb = phase_balanced(w, b)
+    sums = bw.sum(dim=(2, 3)).reshape(3, 4, 5)
+    torch.testing.assert_close(sums, sums[:, :1].expand(3, 4, 5))
+    torch.testing.assert_close(bb.reshape(3, 4), b.reshape(3, 4).mean(1, keepdim=True).expand(3, 4))
+    # The zero-sum part of every kernel (what draws edges and streaks) is unchanged.
+    centred = lambda k: k - k.mean(dim=(2, 3), keepdim=True)  # noqa: E731
+    torch.testing.assert_close(centred(bw), centred(w))
+
+
+def test_a_closed_haze_gate_leaves_the_frame_to_the_rest_of_the_network():
+    model = build("student_small", **GRID_FREE).eval()
+    _randomise(model, 1)
+    with torch.no_grad():
+        model.haze.gate.weight.zero_()  # the gate is then its bias alone
+        model.haze.gate.bias.fill_(-30.0)
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+        x = torch.rand(1, 3, 64, 64)
+        torch.testing.assert_close(model(x), x, atol=1e-6, rtol=0)
+        # Open, the gain is bounded by haze_max_gain: (out - A) / (x - A) never exceeds it.
+        model.haze.gate.bias.fill_(30.0)
+        model.haze.gain.bias.fill_(10.0)
+        model.haze.airlight.weight.zero_()
+        model.haze.airlight.bias.fill_(math.log(0.8 / 0.2))  # A = 0.8
+        g = torch.zeros(1, model.config.context_channels, 1, 1)
+        feats = torch.zeros(1, model.config.widths[0], 32, 32)
+        out = model.haze(torch.full_like(x, 0.5), g, feats)
+        gain = ((out - 0.8) / (0.5 - 0.8)).max()
+        assert float(gain) <= model.config.haze_max_gain + 1e-4
+
+
+def test_a_shuffle_student_starts_a_bilinear_one_from_the_mean_of_its_phases():
+    old = build("student_small", haze_head=True).eval()
+    new = build("student_small", **GRID_FREE).eval()
+    state = new.adapt_state_dict(old.state_dict())
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith("haze.gate") for k in missing), (missing, unexpected)
+    w = old.up1.conv.weight
+    torch.testing.assert_close(new.up1.conv.weight, w.reshape(-1, 4, *w.shape[1:]).mean(1))
+    # On a flat frame the shuffle's phases are averaged: the two networks stay close.
+    x = torch.full((1, 3, 64, 64), 0.4)
+    with torch.no_grad():
+        assert float((new(x) - old(x)).abs().mean()) < 0.05

@@ -11,7 +11,7 @@ One configurable class; the registered sizes are two-line factories over it. Des
   k = 1/t from the last decoder level. An additive correction must otherwise learn a product of
   a global and a local quantity, which a small network does poorly; k starts at 1 (no change);
 - only operators that ONNX export and TensorRT run natively: Conv, Relu, Add, Sub, Mul, Min, Sigmoid,
-  Exp, Clip, Pad, Slice, Concat, ReduceMin/Max/Mean, DepthToSpace and SpaceToDepth.
+  Exp, Clip, Pad, Slice, Concat, ReduceMin/Max/Mean, Resize (bilinear), DepthToSpace and SpaceToDepth.
 
 Feature taps follow MSBDN's interface (1/4, 1/8, 1/16 and 1/16 of the input size) so that the
 collaborative knowledge transfer can compare them spatially with a teacher's.
@@ -20,6 +20,7 @@ collaborative knowledge transfer can compare them spatially with a teacher's.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,6 +42,14 @@ class StudentConfig:
         decoder_depths: residual blocks at 1/8, 1/4 and 1/2 on the way up.
         context_channels: width of the global-context path.
         haze_head: invert the scattering model explicitly (global airlight, per-pixel gain).
+        upsample: "shuffle" (1x1 convolution to 4x the channels, then DepthToSpace) or "bilinear"
+            (1x1 convolution, then bilinear resize): a shuffle gives each of the 2x2 output phases its
+            own weights, so flat or smooth regions can come out with a periodic grid; bilinear cannot.
+        phase_balance: the full-resolution outputs (correction and haze gain), made of 2x2 phases,
+            respond equally in every phase to spatially constant features: no grid on flat regions.
+        haze_gate: the haze head's gain is scaled by a global gate in [0, 1] read from the image's
+            haze statistics (k = 1, no change, when it is closed) and bounded by `haze_max_gain`.
+        haze_max_gain: the largest gain k = 1/t the gated haze head applies (t down to 1/k).
     """
 
     widths: tuple[int, int, int, int] = (16, 32, 48, 64)
@@ -49,6 +58,10 @@ class StudentConfig:
     decoder_depths: tuple[int, int, int] = (1, 1, 0)
     context_channels: int = 32
     haze_head: bool = False
+    upsample: str = "shuffle"
+    phase_balance: bool = False
+    haze_gate: bool = False
+    haze_max_gain: float = 5.0
 
     def __post_init__(self) -> None:
         # Options may come back from JSON metadata as lists.
@@ -56,6 +69,10 @@ class StudentConfig:
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
         if len(self.widths) != 4 or len(self.encoder_depths) != 4 or len(self.decoder_depths) != 3:
             raise ValueError("a student has 4 widths, 4 encoder depths and 3 decoder depths")
+        if self.upsample not in ("shuffle", "bilinear"):
+            raise ValueError(f"upsample must be shuffle or bilinear, not {self.upsample!r}")
+        if self.haze_max_gain <= 1.0:
+            raise ValueError("haze_max_gain must be above 1")
 
 
 class ResBlock(nn.Module):
@@ -86,15 +103,43 @@ class Down(nn.Module):
 
 
 class Up(nn.Module):
-    """Double the size: a 1x1 convolution to 4x the output channels, then DepthToSpace."""
+    """Double the size: a 1x1 convolution, then DepthToSpace (`shuffle`) or a bilinear resize.
 
-    def __init__(self, cin: int, cout: int) -> None:
+    With `bilinear` the convolution runs before the resize (they commute), at a quarter of the cost.
+    """
+
+    def __init__(self, cin: int, cout: int, mode: str = "shuffle") -> None:
         super().__init__()
-        self.conv = nn.Conv2d(cin, 4 * cout, 1)
+        self.mode = mode
+        self.conv = nn.Conv2d(cin, 4 * cout if mode == "shuffle" else cout, 1)
         self.shuffle = nn.PixelShuffle(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.shuffle(self.conv(x))
+        if self.mode == "shuffle":
+            return self.shuffle(self.conv(x))
+        return F.interpolate(self.conv(x), scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
+def phase_balanced(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights of a convolution feeding DepthToSpace(2) whose 4 phases share their constant response.
+
+    Output channel c * 4 + p is phase p of channel c. Each phase's kernel keeps its shape but its sum
+    over the taps (its response to constant features) and its bias become the mean over the phases, so a
+    flat region gives the same value in all 4 phases. Detail (the kernels' zero-sum part) is untouched.
+    """
+    cout, cin, kh, kw = weight.shape
+    w = weight.reshape(cout // 4, 4, cin, kh * kw)
+    total = w.sum(dim=3, keepdim=True)
+    w = w - (total - total.mean(dim=1, keepdim=True)) / (kh * kw)
+    b = bias.reshape(cout // 4, 4).mean(dim=1, keepdim=True).expand(cout // 4, 4)
+    return w.reshape(cout, cin, kh, kw), b.reshape(cout)
+
+
+def shuffle_to_bilinear(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An `Up(mode="shuffle")` convolution's weights as the nearest `bilinear` one: the mean of the phases."""
+    cout4, cin = weight.shape[:2]
+    w = weight.reshape(cout4 // 4, 4, cin, *weight.shape[2:]).mean(dim=1)
+    return w, bias.reshape(cout4 // 4, 4).mean(dim=1)
 
 
 class GlobalContext(nn.Module):
@@ -150,18 +195,24 @@ class HazeHead(nn.Module):
 
     stats = 8
 
-    def __init__(self, features: int, hidden: int) -> None:
+    def __init__(self, features: int, hidden: int, gate: bool = False, max_gain: float = math.exp(2.5)) -> None:
         super().__init__()
         self.airlight = nn.Conv2d(hidden + self.stats, 3, 1)
         self.offset = nn.Conv2d(hidden + self.stats, 1, 1)
         self.gain = nn.Conv2d(features + 1, 4, 3, padding=1)
         self.unfold = nn.PixelShuffle(2)
+        self.gate = nn.Conv2d(hidden + self.stats, 1, 1) if gate else None
+        self.max_z = math.log(max_gain)
         with torch.no_grad():
             nn.init.normal_(self.airlight.weight, std=0.01)
             self.airlight.bias.fill_(1.4)  # sigmoid(1.4) = 0.8, a typical airlight
             for conv in (self.offset, self.gain):
                 conv.weight.zero_()
                 conv.bias.zero_()
+            if self.gate is not None:
+                # Open at start (sigmoid(4) = 0.98), so a trained head keeps working until it learns to close.
+                self.gate.weight.zero_()
+                self.gate.bias.fill_(4.0)
 
     def forward(self, x: torch.Tensor, g: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Dehaze `x` given the pooled vector `g` and half-resolution `features`."""
@@ -174,10 +225,12 @@ class HazeHead(nn.Module):
         h = torch.cat([g, stats], dim=1)
         airlight = torch.sigmoid(self.airlight(h))
         # gain(concat(features, dark)) as two convolutions: CPU kernels are slow on odd channel counts.
-        w = self.gain.weight
-        z = F.conv2d(features, w[:, :-1], self.gain.bias, padding=1) + F.conv2d(dark, w[:, -1:], padding=1)
-        z = self.unfold(z) + self.offset(h)
-        return airlight + (x - airlight) * torch.exp(torch.clamp(z, -1.0, 2.5))
+        w, b = self.gain.weight, self.gain.bias
+        z = F.conv2d(features, w[:, :-1], b, padding=1) + F.conv2d(dark, w[:, -1:], padding=1)
+        z = torch.clamp(self.unfold(z) + self.offset(h), -1.0, self.max_z)
+        if self.gate is not None:
+            z = z * torch.sigmoid(self.gate(h))
+        return airlight + (x - airlight) * torch.exp(z)
 
 
 class Student(nn.Module):
@@ -210,19 +263,22 @@ class Student(nn.Module):
         self.bottleneck = _stack(c3, config.bottleneck_depth)
         self.context = GlobalContext(c3, config.context_channels, (c3, c2, c1, c0))
 
-        self.up2 = Up(c3, c2)
+        self.up2 = Up(c3, c2, config.upsample)
         self.dec2 = _stack(c2, config.decoder_depths[0])
-        self.up1 = Up(c2, c1)
+        self.up1 = Up(c2, c1, config.upsample)
         self.dec1 = _stack(c1, config.decoder_depths[1])
-        self.up0 = Up(c1, c0)
+        self.up0 = Up(c1, c0, config.upsample)
         self.dec0 = _stack(c0, config.decoder_depths[2])
         self.head = nn.Conv2d(c0, 12, 3, padding=1)
         self.unfold = nn.PixelShuffle(2)
-        self.haze = HazeHead(c0, config.context_channels) if config.haze_head else None
+        self.haze = HazeHead(c0, config.context_channels, config.haze_gate,
+                             config.haze_max_gain if config.haze_gate else math.exp(2.5)) \
+            if config.haze_head else None
         # A small initial correction: an untrained student starts near the identity.
         with torch.no_grad():
             self.head.weight.mul_(0.1)
             self.head.bias.zero_()
+        self.project_()
 
     def forward(self, x: torch.Tensor, return_feat: bool = False):
         """Restore `x` (height and width multiples of 16); optionally also return the 4 taps."""
@@ -239,6 +295,41 @@ class Student(nn.Module):
         out = base + self.unfold(self.head(d0))
         if return_feat:
             return out, [e1, e2, e3, d3]
+        return out
+
+    def _balanced(self) -> list[nn.Conv2d]:
+        if not self.config.phase_balance:
+            return []
+        return [self.head] + ([self.haze.gain] if self.haze is not None else [])
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Put the phase-balanced convolutions back on their constraint (after an optimiser step).
+
+        The constraint lives in the weights, not in the forward pass, so exported graphs are plain Conv.
+        """
+        for conv in self._balanced():
+            w, b = phase_balanced(conv.weight, conv.bias)
+            conv.weight.copy_(w)
+            conv.bias.copy_(b)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: D102
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.project_()
+        return result
+
+    def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Return `state` (from a student with other `upsample` options) in this network's layout.
+
+        A `shuffle` checkpoint starts a `bilinear` network with each Up's phases averaged: the nearest
+        grid-free function, to be fine-tuned. Other weights pass unchanged.
+        """
+        out = dict(state)
+        if self.config.upsample == "bilinear":
+            for name in ("up2", "up1", "up0"):
+                key = f"{name}.conv.weight"
+                if key in out and out[key].shape[0] == 4 * getattr(self, name).conv.out_channels:
+                    out[key], out[f"{name}.conv.bias"] = shuffle_to_bilinear(out[key], out[f"{name}.conv.bias"])
         return out
 
 

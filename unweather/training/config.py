@@ -49,6 +49,12 @@ class DataConfig:
     # pairs alike: colours and brightness then say nothing about the weather, which must be read from
     # its own cues.
     resynth_recolour: bool = False
+    # Renderer styles (`unweather.training.render`) that resynth draws from, intensities over the whole
+    # range; empty: synth's renderer with its own ranges (the earlier runs' data).
+    render_styles: list[str] = field(default_factory=list)
+    # With render_styles: what a camera adds (low light, sensor noise, JPEG) on ground truth and input alike,
+    # clean pairs included.
+    camera: bool = False
     # Validation: at most this many pairs per weather, centre-cropped to `val_crop` (0: whole images).
     val_max_pairs: int = 16
     val_crop: int = 256
@@ -166,6 +172,13 @@ class TrainConfig:
             raise UnweatherError("data.batch_per_weather must be at least 1")
         if self.optim.lr <= 0:
             raise UnweatherError("optim.lr must be positive")
+        from unweather.training.render import HELD_OUT_STYLE, STYLES
+
+        unknown = [s for s in self.data.render_styles if s not in STYLES]
+        if unknown:
+            raise UnweatherError(f"data.render_styles: unknown style {unknown[0]!r}; choose from {', '.join(STYLES)}")
+        if HELD_OUT_STYLE in self.data.render_styles:
+            raise UnweatherError(f"data.render_styles: {HELD_OUT_STYLE!r} is kept for evaluation only")
 
 
 def _tiny() -> TrainConfig:

@@ -179,6 +179,18 @@ def _render(gt: np.ndarray, weather: str, rng: np.random.Generator) -> np.ndarra
     return to_uint8(add_weather(gt.astype(np.float32) / 255.0, weather, rng))
 
 
+def _render_styles(gt: np.ndarray, weather: str | None, rng: np.random.Generator,
+                   cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    from unweather.training.render import CameraConfig, training_sample
+    from unweather.training.synth import to_uint8
+
+    if cfg.resynth_recolour:
+        gt = _recolour(gt, rng)
+    target, degraded = training_sample(gt.astype(np.float32) / 255.0, weather, rng, cfg.render_styles,
+                                       CameraConfig() if cfg.camera else None)
+    return to_uint8(target), to_uint8(degraded)
+
+
 def _nchw(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
@@ -270,6 +282,10 @@ class WeatherBatches:
             # Clean frames are recoloured alike, or dark and odd-coloured frames would all mean haze.
             if group in self.resynth or (group == CLEAN and self.resynth):
                 sample_rng = np.random.default_rng([self.seed, 3, step, i])
+                if self.cfg.render_styles:
+                    targets[i], inputs[i] = _render_styles(targets[i], group if group in self.resynth else None,
+                                                           sample_rng, self.cfg)
+                    continue
                 if self.cfg.resynth_recolour:
                     targets[i] = _recolour(targets[i], sample_rng)
                 inputs[i] = _render(targets[i], group, sample_rng) if group in self.resynth else targets[i]

@@ -114,3 +114,35 @@ def ssim(a: Any, b: Any, data_range: float = 1.0, y_channel: bool = False,
     ssim_map = kornia_ssim(ta.float(), tb.float(), 11, max_val=float(data_range), eps=0.0, padding="valid")
     ssim_map = ssim_map.double()
     return _reduce(ssim_map.flatten(1).mean(dim=1), reduction)
+
+
+def pattern_score(image: Any, period: int = 16) -> float:
+    """How strong a fixed grid of `period` pixels is in an image, in 8-bit luma levels.
+
+    The luma's high-pass part (the image minus its `period` x `period` box mean) is averaged over each of
+    the period x period pixel phases; the score is the standard deviation of those means. A periodic
+    pattern that an up-sampling path adds everywhere adds up in its phase, while scene content spreads
+    over all phases and averages out. Grids of 2, 4 and 8 pixels show up at `period` 16 too.
+
+    Args:
+        image: one RGB image, (H, W, 3) numpy or (3, H, W) tensor, values in [0, 1].
+        period: the grid period in pixels.
+    """
+    import cv2
+
+    x = _as_nchw(image)[0].detach().cpu()
+    luma = rgb_to_y(x[None])[0, 0].numpy() * 255.0
+    h, w = (luma.shape[0] // period) * period, (luma.shape[1] // period) * period
+    if h < 2 * period or w < 2 * period:
+        raise ValueError(f"an image of {luma.shape[1]}x{luma.shape[0]} is too small for period {period}")
+    high = luma - cv2.blur(luma, (period, period), borderType=cv2.BORDER_REFLECT)
+    # Drop a period on each side: the box mean is biased at the borders.
+    high = high[period:h - period, period:w - period]
+    phases = high.reshape(high.shape[0] // period, period, high.shape[1] // period, period).mean(axis=(0, 2))
+    return float(phases.std())
+
+
+def colour_shift(a: Any, b: Any) -> float:
+    """The largest difference of per-channel means between two RGB images, in 8-bit levels (signed away)."""
+    ta, tb = _pair(a, b)
+    return float((ta.mean(dim=(0, 2, 3)) - tb.mean(dim=(0, 2, 3))).abs().max() * 255.0)

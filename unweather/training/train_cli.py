@@ -238,7 +238,10 @@ def _teacher(args: argparse.Namespace) -> int:
 def _load_init(student: nn.Module, start: nn.Module, path: str, arch: str) -> None:
     """Load `start`'s weights into `student`; layers an option adds (they start neutral) may be missing."""
     try:
-        missing, unexpected = student.load_state_dict(start.state_dict(), strict=False)
+        state = start.state_dict()
+        if hasattr(student, "adapt_state_dict"):
+            state = student.adapt_state_dict(state)
+        missing, unexpected = student.load_state_dict(state, strict=False)
     except RuntimeError as exc:
         raise UnweatherError(f"--init {path} does not fit {arch} with these options: "
                              f"{str(exc).splitlines()[0]}") from None

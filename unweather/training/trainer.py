@@ -346,6 +346,10 @@ class Trainer:
                 self.scaler.update()
             else:
                 self.optimizer.step()
+            # Networks with constrained weights (a student's phase balance) project them back after a step.
+            for module in self.trainable.modules():
+                if hasattr(module, "project_"):
+                    module.project_()
             self.scheduler.step()
             self.step = step + 1
             bar.update(1)
