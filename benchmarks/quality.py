@@ -259,8 +259,185 @@ def gains(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# -- the cross-source set (photos of other packages than training, every intensity and renderer style) --------
+
+TARGETS = {"clean_psnr": 40.0, "clean_shift": 1.0, "pattern": 0.1, "gain_medium_heavy": 3.0}
+
+
+def _pair_scores(out: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
+    from unweather.training.metrics import psnr, ssim
+
+    out = out.clamp(0, 1)
+    return {f"{m}_{space}": min(float(fn(out, gt, y_channel=(space == "y"))), 100.0)
+            for m, fn in (("psnr", psnr), ("ssim", ssim)) for space in ("rgb", "y")}
+
+
+def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {k: round(float(np.mean([r[k] for r in rows])), 3) for k in rows[0]} if rows else {}
+
+
+def cross_source(meta: Path, methods: list[tuple[str, Callable[[torch.Tensor], torch.Tensor] | None]],
+                 limit: int = 0) -> dict:
+    """Score `methods` (label, restore; None: the input itself) on `meta/eval.json`; return the tables.
+
+    Weather pairs: PSNR and SSIM (RGB, Y) per weather, renderer style and intensity; the dark channel prior
+    is scored on haze beside them. Clean frames: PSNR against the frame, the largest per-channel mean shift
+    (8-bit levels) and the pattern score added (output's minus input's), per scene tag.
+    """
+    import json
+
+    from unweather.training.data import evenly_spread
+    from unweather.training.metrics import colour_shift, pattern_score
+
+    pairs = json.loads((meta / "eval.json").read_text())["pairs"]
+    if limit:
+        by_photo = sorted({p["gt"] for p in pairs})
+        keep = set(evenly_spread(by_photo, limit))
+        pairs = [p for p in pairs if p["gt"] in keep]
+    cache: dict[str, torch.Tensor] = {}
+
+    def load(rel: str) -> torch.Tensor:
+        if rel not in cache:
+            cache[rel] = to_tensor(read_rgb(meta / rel))
+        return cache[rel]
+
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for p in pairs:
+        groups.setdefault((p["weather"], p["style"], p["intensity"]), []).append(p)
+    result: dict = {"pairs": len(pairs), "photos": len({p["gt"] for p in pairs}), "methods": {}}
+    all_methods = [*methods, ("dark channel prior", "dcp")]
+    for label, restore in all_methods:
+        table: dict[str, dict] = {}
+        seconds = time.perf_counter()
+        for (weather, style, intensity), items in sorted(groups.items()):
+            if restore == "dcp" and weather != "haze":
+                continue
+            inputs = [load(p["input"]) for p in items]
+            if restore is None:
+                outputs = inputs
+            elif restore == "dcp":
+                outputs = [to_tensor(dark_channel_prior(t[0].permute(1, 2, 0).numpy())) for t in inputs]
+            else:
+                outputs = run_model(restore, inputs, batch=4)
+            per = [_pair_scores(o, load(p["gt"])) for o, p in zip(outputs, items)]
+            if weather == "clean":
+                for o, p, s in zip(outputs, items, per):
+                    frame = load(p["gt"])
+                    s["shift"] = colour_shift(o.clamp(0, 1), frame)
+                    s["pattern_added"] = pattern_score(o[0].clamp(0, 1)) - pattern_score(frame[0])
+                for tag in sorted({t for p in items for t in p["tags"]} | {"all"}):
+                    chosen = [s for s, p in zip(per, items) if tag == "all" or tag in p["tags"]]
+                    table[f"clean/{tag}"] = {**_mean(chosen), "n": len(chosen),
+                                             "worst_psnr_rgb": round(min(c["psnr_rgb"] for c in chosen), 2),
+                                             "worst_shift": round(max(c["shift"] for c in chosen), 2)}
+            else:
+                table[f"{weather}/{style}/{intensity}"] = {**_mean(per), "n": len(per),
+                                                           "input_psnr": round(float(np.mean([p["psnr"] for p in items])), 2)}
+        result["methods"][label] = {"scores": table, "seconds": round(time.perf_counter() - seconds, 1)}
+        print(f"{label}: {len(table)} groups in {result['methods'][label]['seconds']} s", flush=True)
+    result["checks"] = {label: targets_met(result["methods"][label]["scores"], result["methods"]["input"]["scores"],
+                                           result["methods"]["dark channel prior"]["scores"])
+                        for label, restore in methods if restore is not None}
+    return result
+
+
+def targets_met(scores: dict, inputs: dict, dcp: dict) -> dict[str, bool | float]:
+    """The issue's targets on the cross-source set, each as the measured worst case and whether it holds."""
+    clean = {k: v for k, v in scores.items() if k.startswith("clean/")}
+    weather = {k: v for k, v in scores.items() if not k.startswith("clean/")}
+    gains = {k: v["psnr_rgb"] - inputs[k]["psnr_rgb"] for k, v in weather.items()}
+    mh = [g for k, g in gains.items() if k.split("/")[0] in ("rain", "snow") and k.split("/")[2] != "light"]
+    haze_margin = [v["psnr_rgb"] - dcp[k]["psnr_rgb"] for k, v in weather.items() if k.startswith("haze/")]
+    worst = {
+        "clean_psnr_min": min(v["psnr_rgb"] for v in clean.values()),
+        "clean_shift_max": max(v["shift"] for v in clean.values()),
+        "pattern_added_max": max(v["pattern_added"] for v in clean.values()),
+        "gain_min_any": min(gains.values()),
+        "gain_min_medium_heavy_rain_snow": min(mh) if mh else float("nan"),
+        "haze_over_dcp_min": min(haze_margin) if haze_margin else float("nan"),
+    }
+    held = {
+        "clean_psnr_min": worst["clean_psnr_min"] >= TARGETS["clean_psnr"],
+        "clean_shift_max": worst["clean_shift_max"] < TARGETS["clean_shift"],
+        "pattern_added_max": worst["pattern_added_max"] <= TARGETS["pattern"],
+        "gain_min_any": worst["gain_min_any"] >= 0.0,
+        "gain_min_medium_heavy_rain_snow": worst["gain_min_medium_heavy_rain_snow"] >= TARGETS["gain_medium_heavy"],
+        "haze_over_dcp_min": worst["haze_over_dcp_min"] > 0.0,
+    }
+    return {k: {"worst": round(v, 2), "met": held[k]} for k, v in worst.items()}
+
+
+def cross_source_markdown(result: dict) -> str:
+    """The cross-source tables: PSNR RGB per group and method, clean frames, and the targets."""
+    methods = list(result["methods"])
+    keys = sorted({k for m in methods for k in result["methods"][m]["scores"]},
+                  key=lambda k: (k.startswith("clean/"), k))
+    lines = ["| group | input dB | " + " | ".join(m for m in methods if m != "input") + " |",
+             "|---|---|" + "---|" * (len(methods) - 1)]
+    for key in keys:
+        if key.startswith("clean/"):
+            continue
+        base = result["methods"]["input"]["scores"][key]
+        cells = []
+        for m in methods[1:]:
+            s = result["methods"][m]["scores"].get(key)
+            cells.append("-" if s is None else f"{s['psnr_rgb']:.2f} / {s['ssim_rgb']:.3f}")
+        lines.append(f"| {key} (n={base['n']}) | {base['psnr_rgb']:.2f} / {base['ssim_rgb']:.3f} | " + " | ".join(cells) + " |")
+    lines += ["", "Clean frames (PSNR RGB against the frame / largest channel-mean shift in levels / pattern score added):", "",
+              "| scene | " + " | ".join(m for m in methods[1:] if m != "dark channel prior") + " |",
+              "|---|" + "---|" * (len(methods) - 2)]
+    for key in keys:
+        if not key.startswith("clean/"):
+            continue
+        cells = []
+        for m in methods[1:]:
+            if m == "dark channel prior":
+                continue
+            s = result["methods"][m]["scores"][key]
+            cells.append(f"{s['psnr_rgb']:.1f} / {s['shift']:.2f} / {s['pattern_added']:+.3f}")
+        lines.append(f"| {key[6:]} (n={result['methods']['input']['scores'][key]['n']}) | " + " | ".join(cells) + " |")
+    lines += ["", "Targets (worst case over the groups; met or not):", "",
+              "| target | " + " | ".join(result["checks"]) + " |", "|---|" + "---|" * len(result["checks"])]
+    for target in next(iter(result["checks"].values()), {}):
+        lines.append(f"| {target} | " + " | ".join(
+            f"{c[target]['worst']:.2f} {'yes' if c[target]['met'] else 'no'}" for c in result["checks"].values()) + " |")
+    return "\n".join(lines)
+
+
+def corpus_main(args: argparse.Namespace) -> int:
+    """`--corpus META`: the cross-source evaluation of the shipped students and `--extra` networks."""
+    from unweather.machine import machine_info, save_results
+
+    methods: list = [("input", None)]
+    for name in ("fast", "quality"):
+        path = args.weights / f"{name}.safetensors"
+        if path.is_file():
+            methods.append((f"{name} (shipped)", model_fn(path)))
+    for spec in args.extra:
+        label, _, path = spec.partition("=")
+        methods.append((label, model_fn(Path(path))))
+    result = cross_source(args.corpus, methods, args.limit)
+    payload = {"benchmark": "quality-cross-source", "meta_dir": str(args.corpus), **result, "targets": TARGETS,
+               "metrics": "PSNR dB / SSIM on RGB (and Y in the JSON), means over pairs; groups are weather/renderer "
+                          "style/intensity (optics is the renderer no network trains on); clean: output against the "
+                          "frame itself, per scene tag",
+               "machine": machine_info()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_results(args.out / "quality_cross_source.json", payload)
+    text = ["# Quality on the cross-source set", "",
+            f"{result['photos']} photos of packages that no network trained on, {result['pairs']} pairs. "
+            "Cells: PSNR dB / SSIM, RGB.", "", cross_source_markdown(result), "",
+            f"Commit {payload['machine'].get('git', {}).get('commit', '?')}.", ""]
+    (args.out / "quality_cross_source.md").write_text("\n".join(text))
+    print("\n".join(text))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, default=None, metavar="META",
+                        help="score on the cross-source set of this prepared corpus (python -m "
+                             "unweather.training.corpus) instead of --meta-dir's validation pairs")
     parser.add_argument("--meta-dir", type=Path, default=ROOT / "data/synth")
     parser.add_argument("--models", type=Path, default=ROOT / "data/models", help="teachers and baselines")
     parser.add_argument("--weights", type=Path, default=ROOT / "unweather/weights", help="shipped students")
@@ -284,6 +461,8 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.corpus is not None:
+        return corpus_main(args)
     datasets = load_meta(args.meta_dir, "valid")
     missing = [w for w in (*WEATHERS, CLEAN) if w not in datasets]
     if missing:
