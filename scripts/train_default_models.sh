@@ -7,7 +7,7 @@
 # haze but no recolouring (fast_resynth), and fast_recolour with balanced weathers (fast_balanced), README
 # "Default models".
 #
-#   bash scripts/train_default_models.sh [all|lanes|teachers|fast|quality|baselines|ablations|ship|RUN...]
+#   bash scripts/train_default_models.sh [all|lanes|teachers|fast|quality|baselines|ablations|corpus|ship|RUN...]
 #
 # Idempotent and resumable: a run whose output exists is skipped; a run directory holding a checkpoint is
 # continued with --resume (stop any run with Ctrl-C or SIGINT: it saves a checkpoint first). Run
@@ -42,7 +42,7 @@ HAZE_STEPS=${HAZE_STEPS:-3000}
 HAZE_LR_SCALE=${HAZE_LR_SCALE:-20}
 QUALITY_HAZE_STEPS=${QUALITY_HAZE_STEPS:-1500}
 BALANCED_STEPS=${BALANCED_STEPS:-2000}
-COMMON=(--meta-dir "$META" --preset cpu --threads 1 --no-progress)
+COMMON=(--preset cpu --threads 1 --no-progress)
 # The two-stage students' loss settings on top of the cpu preset (read when each student starts).
 STUDENTS_YAML=scripts/default_students.yaml
 
@@ -61,7 +61,7 @@ run() {
     [[ -f "$dir/last.json" ]] && resume=(--resume)
     mkdir -p "$dir"
     echo "[$(date -u +%H:%M:%S)] $name: start ${resume[*]}"
-    python3 -m unweather.cli train "$@" "${COMMON[@]}" -o "$out" --run-dir "$dir" "${resume[@]}" \
+    python3 -m unweather.cli train "$@" --meta-dir "${RUN_META:-$META}" "${COMMON[@]}" -o "$out" --run-dir "$dir" "${resume[@]}" \
         >>"$dir/train.log" 2>&1
     echo "[$(date -u +%H:%M:%S)] $name: finished"
 }
@@ -147,6 +147,40 @@ nomcr_fast() {
         --crop "$STUDENT_CROP" --kc-steps "$FAST_KC" --ke-steps "$FAST_KE"
 }
 
+# The corpus runs: photos of many packages (scripts/corpus.tsv, fetched by name), weather rendered afresh every
+# step in two renderer styles at every intensity with the camera on top (the third style is kept for
+# evaluation), a third of each batch clean, validated on the photos of other packages (whole 640x360
+# frames; a checkpoint loses a dB of score for each dB its clean frames fall below 40). The students start
+# from the shipped ones, made grid-free (bilinear up-sampling from the mean of their shuffle phases,
+# phase-balanced outputs, a gated and bounded haze gain).
+CORPUS=${CORPUS:-data/corpus}
+CORPUS_META=${CORPUS_META:-data/corpus_meta}
+FAST_CORPUS_STEPS=${FAST_CORPUS_STEPS:-3000}
+QUALITY_CORPUS_STEPS=${QUALITY_CORPUS_STEPS:-1500}
+corpus_data() {
+    python3 scripts/fetch_corpus.py "$CORPUS"
+    python3 -m unweather.training.corpus "$CORPUS" "$CORPUS_META"
+}
+GRID_FREE='model.options={haze_head: true, upsample: bilinear, phase_balance: true, haze_gate: true}'
+CORPUS_SET=(--set 'data.resynth=[rain, snow, haze]' --set 'data.render_styles=[particles, noise]' --set data.camera=true
+            --set data.clean_per_batch=6 --set data.val_max_pairs=36 --set data.val_crop=0 --set log.clean_floor=40
+            --set loss.pixel_balance=none --set "$GRID_FREE" --set 'optim.lr_scale={haze: 5}')
+corpus_run() {
+    local name=$1 arch=$2 init=$3 crop=$4 steps=$5
+    [[ -f $CORPUS_META/prepare.json ]] || corpus_data
+    RUN_META=$CORPUS_META run "$name" student --model "$arch" --direct --crop "$crop" --kc-steps 0 --ke-steps "$steps" \
+        --lr 2e-4 "${CORPUS_SET[@]}" --init "$init"
+}
+fast_corpus() { corpus_run fast_corpus student_small unweather/weights/fast.safetensors 160 "$FAST_CORPUS_STEPS"; }
+quality_corpus() { corpus_run quality_corpus student_base unweather/weights/quality.safetensors 128 "$QUALITY_CORPUS_STEPS"; }
+corpus_lanes() {
+    corpus_data
+    fast_corpus &
+    local one=$!
+    quality_corpus &
+    wait "$one" $!
+}
+
 ship() {
     python3 scripts/ship_default_models.py --models "$MODELS" --runs "$RUNS"
 }
@@ -177,6 +211,7 @@ case "$target" in
          student_quality_polish; quality_wide; quality_haze; direct_fast; nomcr_fast; fast_wide; fast_full
          fast_recolour; ship ;;
     lanes) lanes; ship ;;
+    corpus) corpus_lanes ;;
     teachers) teacher_rain; teacher_snow; teacher_haze ;;
     fast) nomcr_fast; fast_wide; fast_full; fast_recolour ;;
     quality) student_quality; student_quality_more; student_quality_polish; quality_wide; quality_haze ;;

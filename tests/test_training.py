@@ -339,3 +339,21 @@ def test_resume_continues_from_the_saved_step(meta_dir, tmp_path):
     other, _ = _teacher_trainer(meta_dir, tmp_path / "cut", steps=8)
     with pytest.raises(UnweatherError, match="cannot resume"):
         other.fit(resume=True)
+
+
+def test_clean_floor_takes_damage_to_clean_frames_off_the_score():
+    from unweather.training.trainer import validate
+
+    gt = torch.full((1, 3, 32, 32), 0.5)
+    valid = data.ValidSet({"rain": [(gt, gt + 0.1)], "clean": [(gt, gt)]})
+
+    class Shift(torch.nn.Module):
+        def forward(self, x):
+            return x + 0.01  # 40 dB on every frame
+
+    plain = validate(Shift(), valid, torch.device("cpu"))
+    floored = validate(Shift(), valid, torch.device("cpu"), clean_floor=45.0)
+    assert plain["clean"] == pytest.approx(40.0, abs=0.01)
+    assert plain["score"] == pytest.approx(plain["rain"])
+    assert floored["score"] == pytest.approx(plain["rain"] - 5.0, abs=0.01)
+    assert validate(Shift(), valid, torch.device("cpu"), clean_floor=30.0)["score"] == pytest.approx(plain["rain"])

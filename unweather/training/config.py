@@ -133,6 +133,8 @@ class LogConfig:
     progress: bool = True
     # "best": the output file holds the checkpoint with the best validation PSNR; "last": the final one.
     output: str = "best"
+    # Validation score: every dB of clean-frame PSNR below this floor is taken off (0: clean not counted).
+    clean_floor: float = 0.0
 
 
 @dataclass

@@ -92,8 +92,12 @@ def psnr(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def validate(net: nn.Module, valid: ValidSet, device: torch.device) -> dict[str, float]:
-    """PSNR per group of `valid` (RGB, whole validation crops) and `score`: the mean over weather types."""
+def validate(net: nn.Module, valid: ValidSet, device: torch.device, clean_floor: float = 0.0) -> dict[str, float]:
+    """PSNR per group of `valid` (RGB, whole validation crops) and `score`: the mean over weather types.
+
+    With `clean_floor` > 0, every dB the clean group falls below it is taken off the score, so a checkpoint
+    that damages clean frames is not kept for its weather scores.
+    """
     was_training = net.training
     net.eval()
     wrapped = PadCrop(net)
@@ -105,6 +109,8 @@ def validate(net: nn.Module, valid: ValidSet, device: torch.device) -> dict[str,
     net.train(was_training)
     weathers = [v for k, v in result.items() if k != CLEAN]
     result["score"] = sum(weathers) / len(weathers) if weathers else float("nan")
+    if clean_floor > 0 and CLEAN in result:
+        result["score"] -= max(0.0, clean_floor - result[CLEAN])
     return result
 
 
@@ -388,7 +394,7 @@ class Trainer:
 
     def _validate(self, stage: Stage, logs: _Logs) -> None:
         tick = time.perf_counter()
-        val = validate(stage.task.net, self.valid, self.device)
+        val = validate(stage.task.net, self.valid, self.device, self.cfg.log.clean_floor)
         self.last_val = val
         logs.write(self.step, {"stage": stage.name, "val_seconds": round(time.perf_counter() - tick, 3),
                                **{f"val/psnr/{k}": v for k, v in val.items()}})
