@@ -292,9 +292,9 @@ def _camera_recording(workdir: Path, name: str, net: list[str], fault: str, time
     what = "killed and restarted" if fault == "kill" else "frozen (SIGSTOP)"
     return _fault(
         f"camera {what} {times}x, {down_s:.0f} s each, during `unweather run`",
-        f"run went on ({report.get('restarts')} reconnects), exit {code}; one file, {in_file} frames, plays",
+        f"run went on ({report.get('reconnections')} reconnects), exit {code}; one file, {in_file} frames, plays",
         _written_not_in_file(report, in_file),
-        exit_code=code, restarts=report.get("restarts"), frames_in=report.get("frames_in"),
+        exit_code=code, restarts=report.get("reconnections"), frames_in=report.get("frames_in"),
         frames_out=report.get("frames_out"), dropped_live=report.get("dropped"), frames_in_file=in_file,
         secret_in_output=SECRET in "\n".join(cli.lines) + json.dumps(report))
 
@@ -611,7 +611,7 @@ def soak(workdir: Path, frames: int, fps: int, size: str = "160x96", model: str 
         "frames": stats.frames_in, "frames_out": stats.frames_out, "frames_in_file": in_file,
         "dropped_live": stats.dropped, "lost_by_network": pts.lost(fps),
         "written_not_in_file": None if in_file is None else stats.frames_out - in_file,
-        "restarts": stats.restarts, "size": size, "model": model, "camera_fps": fps,
+        "restarts": stats.reconnections, "size": size, "model": model, "camera_fps": fps,
         "seconds": round(seconds, 1), "fps": round(stats.frames_out / seconds, 1),
         "rss_before_mb": round(rss_before / mb, 1), "rss_start_mb": rss_start, "rss_end_mb": rss_end,
         "rss_max_mb": round(max(s[1] for s in samples) / mb, 1) if samples else None,

@@ -108,6 +108,20 @@ def make_images(folder: str | Path, count: int = 3, size: tuple[int, int] = (40,
     return paths
 
 
+def cut_faststart(src: str | Path, path: str | Path, keep: float = 0.6) -> Path:
+    """`src` remuxed with its index (moov) at the start, then cut to its first `keep` share of bytes.
+
+    The index still announces every frame, as in a download or copy that stopped part way.
+    """
+    whole = Path(path).with_suffix(".whole.mp4")
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(src), "-c", "copy", "-movflags", "+faststart",
+                    str(whole)], capture_output=True, text=True, timeout=60, check=True)
+    data = whole.read_bytes()
+    Path(path).write_bytes(data[: int(len(data) * keep)])
+    whole.unlink()
+    return Path(path)
+
+
 def png_header_only(path: str | Path, width: int, height: int) -> Path:
     """A tiny PNG file whose header claims `width` x `height` (its pixel data is one empty row)."""
     def chunk(kind: bytes, data: bytes) -> bytes:

@@ -361,3 +361,25 @@ def test_bad_arguments_are_one_line_errors(capsys):
     assert err.startswith("unweather: error:") and "WIDTHxHEIGHT" in err and len(err.splitlines()) == 1
     assert main(["bench", "--models", "identity", "--backends", "tensorflow", "--no-progress"]) == 1
     assert "known backends: torch, onnxruntime, tensorrt" in capsys.readouterr().err
+
+
+def test_live_rate_reports_latency_percentiles_and_drops(tmp_path, capsys):
+    out = tmp_path / "live.json"
+    argv = ["bench", "--models", "identity", "--backends", "torch", "--precisions", "fp32", "--resolutions", "32x32",
+            "--frames", "6", "--repeats", "1", "--warmup", "0", "--device", "cpu", "--no-pipeline", "--no-progress",
+            "--live", "50", "--json", str(out)]
+    assert main(argv) == 0
+    payload = json.loads(out.read_text())
+    assert payload["config"]["live_rate"] == 50 and "--live 50" in payload["command"]
+    (row,) = payload["results"]
+    live = row["live"]
+    assert live["status"] == "ok" and live["rate"] == 50
+    assert live["frames_in"] == 6 and live["frames_out"] + live["dropped"] == 6
+    assert 0 <= live["dropped_pct"] <= 100
+    lat = live["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    table = capsys.readouterr().out
+    assert "| input FPS | frames in / out / dropped | latency p50 ms | p95 ms | p99 ms |" in table
+    assert f"| identity | torch | fp32 | 32x32 | 50 | 6 / {live['frames_out']} / {live['dropped']} |" in table
+    assert main([*argv[:-4], "--live", "0"]) == 1
+    assert "--live takes a frame rate above 0" in capsys.readouterr().err

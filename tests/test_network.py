@@ -154,15 +154,17 @@ def test_options_are_checked():
 def test_silent_server_times_out_then_gives_up(silent_tcp_server, caplog, scheme):
     url = f"{scheme}://admin:{SECRET}@127.0.0.1:{silent_tcp_server.port}/stream"
     source = NetworkSource(url, NetworkOptions(**{**FAST, "open_timeout": 0.5, "read_timeout": 0.5},
-                                               give_up_after=2.0))
+                                               give_up_after=60.0))
     start = time.monotonic()
     with caplog.at_level(logging.DEBUG, logger="unweather"), \
             pytest.raises(UnweatherError, match="giving up") as info:
         _take(source, 1)
     elapsed = time.monotonic() - start
-    assert 2.0 <= elapsed < 6.0
-    assert source.restarts >= 1
-    assert silent_tcp_server.connections, "the source never connected"
+    # Never a frame: three tries bounded by the open timeout, not the minute of give_up_after.
+    assert elapsed < 6.0
+    assert "after 3 attempts" in str(info.value)
+    assert source.restarts == 0  # nothing was ever connected, so nothing was reconnected
+    assert len(silent_tcp_server.connections) == 3, "one connection per attempt"
     assert SECRET not in str(info.value) and SECRET not in caplog.text
     assert "***@127.0.0.1" in str(info.value)
     assert "\n" not in str(info.value)
@@ -205,6 +207,43 @@ def test_restarting_source_with_corrupt_bytes_keeps_one_clock():
     assert source.restarts >= 2 and server.served >= 2
     _assert_increasing(stamps)
     assert (source.width, source.height) == (64, 48)
+
+
+def test_closed_port_fails_after_three_quick_attempts(caplog):
+    port = free_port()
+    source = NetworkSource(f"rtsp://admin:{SECRET}@127.0.0.1:{port}/cam", NetworkOptions(give_up_after=300))
+    start = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="unweather"), pytest.raises(UnweatherError) as info:
+        _take(source, 1)
+    assert time.monotonic() - start < 5.0  # backoff 0.5 + 1 s, not the 300 s of give_up_after
+    assert str(info.value) == (f"no frame from rtsp://***@127.0.0.1:{port}/cam after 3 attempts to open it "
+                               "(last error: Connection refused); giving up.")
+    assert SECRET not in caplog.text and "WARNING" not in {r.levelname for r in caplog.records}
+
+
+def test_a_source_that_streamed_keeps_reconnecting_until_give_up_after():
+    server = _TsServer(_ts_clip(frames=10))
+    # After the first clip, nothing listens any more: a camera that streamed, then went away.
+    served_once = threading.Thread(target=lambda: (_wait(lambda: server.served >= 1, 10), server.close()))
+    served_once.start()
+    source = NetworkSource(f"tcp://127.0.0.1:{server.port}", NetworkOptions(**FAST, give_up_after=3.0))
+    frames = 0
+    start = None
+    with pytest.raises(UnweatherError, match=r"for \d+ s .*giving up"):
+        for _ in source.frames():
+            frames += 1
+            start = time.monotonic()
+    served_once.join(10)
+    assert frames >= 5
+    # Far more tries than the three a source that never streamed gets, over give_up_after seconds.
+    assert source.restarts > 3
+    assert time.monotonic() - start >= 2.5
+
+
+def _wait(predicate, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def test_publish_to_unreachable_receiver_is_one_clear_error():

@@ -19,7 +19,7 @@ from unweather.cli import main
 
 
 def _run_cli(capsys, *args: str) -> tuple[int, list[str]]:
-    rc = main(["run", *args, "--quiet"])
+    rc = main(["run", *args])  # not -q: the "model ..." line would show an engine that was opened
     err = capsys.readouterr().err
     return rc, err.splitlines()
 
@@ -98,8 +98,9 @@ def test_damaged_file_in_a_folder_is_skipped_with_a_warning(tmp_path: Path, caps
 @pytest.mark.parametrize("case", ["missing_folder", "full_disk", "same_as_input", "bad_extension"])
 def test_unwritable_output_fails_before_any_work(tmp_path: Path, capsys, case: str) -> None:
     src = make_video(tmp_path / "in.mp4", frames=3, size=(32, 24), audio=False)
-    if case == "missing_folder":
-        out, words = tmp_path / "no" / "such" / "out.mp4", ["cannot write", "No such file"]
+    if case == "missing_folder":  # missing folders are created; a file where one should be is refused
+        (tmp_path / "plain").write_text("a file, not a folder")
+        out, words = tmp_path / "plain" / "such" / "out.mp4", ["cannot create the output folder", "Not a directory"]
     elif case == "full_disk":
         if not os.path.exists("/dev/full"):
             pytest.skip("no /dev/full on this system")
@@ -122,7 +123,8 @@ class _Cli:
     """`unweather run` in a subprocess, its stderr read line by line."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "unweather.cli", "run", *args, "--quiet"],
+        # Not -q: the start of the run is read from its "encoding" line.
+        self.proc = subprocess.Popen([sys.executable, "-m", "unweather.cli", "run", *args],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self.started = threading.Event()

@@ -251,7 +251,7 @@ def test_sigint_finishes_every_output_and_ray_is_never_imported(tmp_path: Path) 
         "import json, sys\n"
         "from unweather.cli import main\n"
         f"rc = main(['run', {str(tmp_path / 'cams.yaml')!r}, '-o', {str(tmp_path / 'rec') + '/'!r}, "
-        f"'--stats', {str(tmp_path / 'stats.json')!r}, '-q'])\n"
+        f"'--stats', {str(tmp_path / 'stats.json')!r}])\n"  # not -q: the "encoding" lines are waited for
         "mods = [m for m in sys.modules if m == 'ray' or m.startswith(('ray.', 'unweather.cluster.ray'))]\n"
         "print(json.dumps({'rc': rc, 'ray': mods}))\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}

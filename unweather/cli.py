@@ -56,15 +56,19 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def _configure_logging(verbose: bool) -> tuple[list[logging.Handler], int, bool]:
-    """Send the package's log records to stderr, redacted; return the logger's previous state."""
+def _configure_logging(verbose: bool, quiet: bool = False) -> tuple[list[logging.Handler], int, bool]:
+    """Send the package's log records to stderr, redacted (`quiet`: warnings and errors only).
+
+    Returns:
+        The logger's previous handlers, level and propagation, to restore.
+    """
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.addFilter(RedactingFilter())
     logger = logging.getLogger("unweather")
     previous = (list(logger.handlers), logger.level, logger.propagate)
     logger.handlers[:] = [handler]
-    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
     return previous
 
@@ -73,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    previous = _configure_logging(args.verbose)
+    previous = _configure_logging(args.verbose, getattr(args, "quiet", False) is True)
     try:
         return _run(parser, args)
     finally:

@@ -21,6 +21,8 @@ examples:
   unweather bench dashcam.mp4 --resolutions 1920x1080 --json bench.json --plot bench.png
   unweather bench --models student_small msbdn@640x360 --backends torch torch:cuda_graph tensorrt \\
       --precisions fp32 fp16 --device cuda --markdown table.md
+  unweather bench --models fast --backends torch --precisions fp32 --live 25 --frames 250
+      # also live at 25 FPS, as a camera: latency p50/p95/p99 and dropped frames
 
 A backend may carry engine options: torch:compile, torch:cuda_graph, onnxruntime:threads=2,
 onnxruntime:device=cpu. A model may be limited to some resolutions: msbdn@640x360.
@@ -60,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--plot", metavar="FILE.png", help="draw FPS per backend and latency distributions")
     parser.add_argument("--markdown", metavar="FILE.md", help="write the results table as markdown")
     parser.add_argument("--no-pipeline", action="store_true", help="time the engine alone, not the pipeline")
+    parser.add_argument("--live", type=float, metavar="FPS",
+                        help="also feed the clip to the pipeline in live mode at FPS frames per second, as a "
+                             "camera would: end-to-end latency p50/p95/p99 and dropped frames")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=handle)
 
@@ -98,6 +103,8 @@ def command_line(args: argparse.Namespace) -> str:
         words += ["--max-call-seconds", f"{args.max_call_seconds:g}"]
     if args.no_pipeline:
         words.append("--no-pipeline")
+    if getattr(args, "live", None) is not None:
+        words += ["--live", f"{args.live:g}"]
     for flag in ("json", "plot", "markdown"):
         if getattr(args, flag):
             words += [f"--{flag}", getattr(args, flag)]
@@ -145,6 +152,7 @@ def handle(args: argparse.Namespace) -> int:
         pipeline=not args.no_pipeline,
         exclude=[parse_exclusion(e) for e in args.exclude],
         max_call_s=args.max_call_seconds,
+        live_rate=args.live,
     )
     # Each combination's results are saved as they come: a run killed after hours keeps them.
     on_result = (lambda partial: save_results(args.json, partial)) if args.json else None

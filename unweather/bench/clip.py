@@ -79,13 +79,16 @@ def input_frames(source: str, res: Resolution, count: int) -> Iterator[np.ndarra
                 break
 
 
-def write_clip(frames: Iterator[np.ndarray], path: Path, res: Resolution) -> int:
-    """Encode RGB frames as a near-lossless H.264 clip at `path`; return the number of frames."""
+def write_clip(frames: Iterator[np.ndarray], path: Path, res: Resolution, rate: float = FPS) -> int:
+    """Encode RGB frames as a near-lossless H.264 clip at `path`, `rate` frames per second; return the count."""
+    from fractions import Fraction
+
     import av
 
     written = 0
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=FPS, options={"crf": "16", "preset": "veryfast"})
+        stream = container.add_stream("libx264", rate=Fraction(rate).limit_denominator(1001),
+                                      options={"crf": "16", "preset": "veryfast"})
         stream.width, stream.height, stream.pix_fmt = res.width, res.height, "yuv420p"
         for rgb in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
@@ -105,6 +108,12 @@ def read_clip(path: Path) -> torch.Tensor:
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
     array = np.stack(frames)
     return torch.from_numpy(array).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+
+
+def rgb_frames(frames: torch.Tensor) -> Iterator[np.ndarray]:
+    """Yield the frames of a float tensor (N, 3, H, W) in [0, 1] as RGB uint8 arrays (H, W, 3)."""
+    for frame in frames:
+        yield (frame.permute(1, 2, 0).clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8).numpy()
 
 
 def prepare_clip(source: str | None, res: Resolution, count: int, path: Path) -> tuple[torch.Tensor, int]:

@@ -179,6 +179,9 @@ class BenchConfig:
         exclude: combinations not to measure (reported as skipped).
         max_call_s: skip a combination whose first call takes longer than this (None: never).
         sample_interval_s: how often memory, GPU utilisation and power are sampled.
+        live_rate: also run the pipeline in live mode on the clip paced at this many frames per
+            second, as a camera delivers them: end-to-end latency percentiles and dropped frames
+            (None: not measured).
     """
 
     input: str | None = None
@@ -195,6 +198,7 @@ class BenchConfig:
     exclude: list[Exclusion] = field(default_factory=list)
     max_call_s: float | None = None
     sample_interval_s: float = 0.05
+    live_rate: float | None = None
 
     def validate(self) -> None:
         """Raise `UnweatherError` for a setting that cannot be measured."""
@@ -209,6 +213,8 @@ class BenchConfig:
             raise UnweatherError("--frames and --repeats must be at least 1 and --warmup at least 0")
         if self.max_call_s is not None and self.max_call_s <= 0:
             raise UnweatherError("--max-call-seconds must be positive")
+        if self.live_rate is not None and not 0 < self.live_rate <= 1000:
+            raise UnweatherError(f"--live takes a frame rate above 0 (and at most 1000), not {self.live_rate:g}")
         for spec in self.models:
             extra = [r for r in spec.resolutions if r not in self.resolutions]
             if extra:
@@ -233,4 +239,5 @@ class BenchConfig:
             "pipeline": self.pipeline,
             "exclude": [e.label for e in self.exclude],
             "max_call_s": self.max_call_s,
+            "live_rate": self.live_rate,
         }

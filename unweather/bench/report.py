@@ -90,7 +90,31 @@ def markdown_table(payload: dict[str, Any]) -> str:
                     if r["status"] == "ok" and r.get("pipeline") and r["pipeline"].get("status") != "ok"}
     for reason in sorted(pipe_reasons):
         lines.append(f"- pipeline not measured: {reason}")
+    lines += live_table(rows)
     return "\n".join(lines) + "\n"
+
+
+LIVE_COLUMNS = ("model", "backend", "precision", "resolution", "input FPS", "frames in / out / dropped",
+                "latency p50 ms", "p95 ms", "p99 ms")
+
+
+def live_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Lines of the live-mode table (`bench --live`): latency percentiles and drops; none without it."""
+    live = [r for r in rows if r["status"] == "ok" and r.get("live")]
+    if not live:
+        return []
+    lines = ["", "| " + " | ".join(LIVE_COLUMNS) + " |", "|" + "|".join("---" for _ in LIVE_COLUMNS) + "|"]
+    for row in live:
+        lv = row["live"]
+        head = [row["model"], row["backend_label"], row["precision"], row["resolution"]]
+        if lv.get("status") != "ok":
+            lines.append("| " + " | ".join([*head, "–", f"{lv['status']}: {lv['reason']}", "–", "–", "–"]) + " |")
+            continue
+        lat = lv["latency_ms"]
+        cells = [f"{lv['rate']:g}", f"{lv['frames_in']} / {lv['frames_out']} / {lv['dropped']}",
+                 *(_ms(lat[k]) if lat.get(k) is not None else "–" for k in ("p50", "p95", "p99"))]
+        lines.append("| " + " | ".join([*head, *cells]) + " |")
+    return lines
 
 
 def markdown_report(payload: dict[str, Any]) -> str:
@@ -107,6 +131,10 @@ def markdown_report(payload: dict[str, Any]) -> str:
                  "range). Pipeline: decode, infer and encode through `unweather.stream.run`, latency per "
                  "frame from decoded to written. x: speed relative to torch fp32 eager on the same frames. "
                  "Peak RSS: the process's resident memory while the combination ran.\n")
+    if any(r.get("live") for r in payload["results"]):
+        parts.append("Live: the same frames fed to the pipeline in live mode at the input frame rate, as a "
+                     "camera delivers them (batch 1; the oldest waiting frame is dropped when inference falls "
+                     "behind); latency per frame from its due time to written.\n")
     parts.append(markdown_table(payload))
     return "\n".join(parts)
 

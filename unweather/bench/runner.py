@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from unweather.bench.clip import prepare_clip
+from unweather.bench.clip import prepare_clip, rgb_frames, write_clip
 from unweather.bench.config import (
     BASELINE_BACKEND,
     BASELINE_PRECISION,
@@ -350,6 +350,35 @@ def time_pipeline(engine: Any, clip: Path, batch: int, repeats: int, workdir: Pa
     }
 
 
+def time_live(engine: Any, clip: Path, rate: float, workdir: Path) -> dict[str, Any]:
+    """Run the pipeline in live mode on `clip`, paced at its own frame rate `rate` as a camera would.
+
+    Returns:
+        frames in, out and dropped, the share dropped, FPS, and the end-to-end latency per frame
+        (from its due time to written) p50/p95/p99/mean/max in milliseconds.
+    """
+    run_config_cls, run = _pipeline_api()
+    output = workdir / "live.mkv"
+    with _quiet("unweather.stream"):
+        stats = run(str(clip), str(output), config=run_config_cls(mode="live", progress=False),
+                    engine=engine).to_dict()
+    output.unlink(missing_ok=True)
+    if stats.get("error"):
+        raise UnweatherError(f"the live pipeline stopped: {stats['error']}")
+    frames_in = int(stats["frames_in"])
+    return {
+        "status": "ok",
+        "rate": rate,
+        "frames_in": frames_in,
+        "frames_out": int(stats["frames_out"]),
+        "dropped": int(stats["dropped"]),
+        "dropped_pct": round(100.0 * stats["dropped"] / frames_in, 2) if frames_in else 0.0,
+        "fps": stats["fps"],
+        "latency_ms": stats["latency_ms"],
+        "stage_s": stats["stage_s"],
+    }
+
+
 @contextlib.contextmanager
 def _quiet(name: str) -> Iterator[None]:
     """Keep a logger to warnings (the pipeline's per-run messages would repeat for every repetition)."""
@@ -410,8 +439,11 @@ def _row_head(combo: Combination) -> dict[str, Any]:
 
 
 def run_combination(combo: Combination, frames: torch.Tensor, clip: Path, config: BenchConfig,
-                    device: torch.device, workdir: Path) -> dict[str, Any]:
+                    device: torch.device, workdir: Path, live_clip: Path | None = None) -> dict[str, Any]:
     """Measure one combination: the engine alone, then the whole pipeline; never raises for a skip.
+
+    With `live_clip` (written at `config.live_rate`), the pipeline is also run live on it (batch 1,
+    so only for the combination's first batch size).
 
     Ctrl-C (`KeyboardInterrupt`) is raised through, after the engine is closed.
     """
@@ -442,6 +474,8 @@ def run_combination(combo: Combination, frames: torch.Tensor, clip: Path, config
             del batches
             if config.pipeline:
                 row["pipeline"] = _guarded_pipeline(engine, clip, combo, config.repeats, workdir)
+            if live_clip is not None and config.live_rate and combo.batch == min(config.batches):
+                row["live"] = _guarded(time_live, combo, engine, live_clip, config.live_rate, workdir)
         row["status"] = "ok"
     except Exception as exc:  # a benchmark reports any failure of one combination and goes on
         status, reason = classify_failure(exc, combo)
@@ -459,11 +493,16 @@ def run_combination(combo: Combination, frames: torch.Tensor, clip: Path, config
 
 def _guarded_pipeline(engine: Any, clip: Path, combo: Combination, repeats: int,
                       workdir: Path) -> dict[str, Any]:
+    return _guarded(time_pipeline, combo, engine, clip, combo.batch, repeats, workdir)
+
+
+def _guarded(measure: Callable[..., dict[str, Any]], combo: Combination, *args: Any) -> dict[str, Any]:
+    """`measure(*args)`, or its failure as a status and reason (the engine's numbers stand anyway)."""
     try:
-        return time_pipeline(engine, clip, combo.batch, repeats, workdir)
+        return measure(*args)
     except Exception as exc:  # the engine's numbers stand even when the pipeline fails
         status, reason = classify_failure(exc, combo)
-        logger.debug("%s pipeline: %s", combo.label, reason, exc_info=True)
+        logger.debug("%s %s: %s", combo.label, measure.__name__, reason, exc_info=True)
         return {"status": status, "reason": reason}
 
 
@@ -533,20 +572,25 @@ def run_bench(config: BenchConfig, progress: bool = True, command: str | None = 
 
     with tempfile.TemporaryDirectory(prefix="unweather-bench-") as tmp:
         workdir = Path(tmp)
-        frames_by_res: dict[Resolution, tuple[torch.Tensor, Path]] = {}
+        frames_by_res: dict[Resolution, tuple[torch.Tensor, Path, Path | None]] = {}
         for res in dict.fromkeys(c.resolution for c in combos):
             path = workdir / f"clip-{res}.mp4"
             frames, count = prepare_clip(config.input, res, config.frames, path)
-            frames_by_res[res] = (frames, path)
+            live_path = None
+            if config.live_rate:
+                # The same frames, stamped at the live rate: the pipeline paces them like a camera.
+                live_path = workdir / f"clip-{res}-live.mp4"
+                write_clip(rgb_frames(frames), live_path, res, rate=config.live_rate)
+            frames_by_res[res] = (frames, path, live_path)
             clips[str(res)] = {"frames": count, "source": redact(config.input) if config.input else "synthetic"}
         with logging_redirect_tqdm(loggers=[logging.getLogger("unweather")]):
             bar = tqdm(combos, desc="bench", unit="combination", disable=None if progress else True,
                        dynamic_ncols=True)
             for combo in bar:
                 bar.set_postfix_str(combo.label)
-                frames, path = frames_by_res[combo.resolution]
+                frames, path, live_path = frames_by_res[combo.resolution]
                 try:
-                    row = run_combination(combo, frames, path, config, device, workdir)
+                    row = run_combination(combo, frames, path, config, device, workdir, live_path)
                 except KeyboardInterrupt:
                     interrupted = True
                     break
@@ -573,4 +617,12 @@ def _log_row(combo: Combination, row: dict[str, Any]) -> None:
         text += f", pipeline {pipe['fps']:.1f} FPS"
     elif pipe:
         text += f", pipeline {pipe['status']} ({pipe['reason']})"
+    live = row.get("live")
+    if live and live.get("status") == "ok":
+        lat = live["latency_ms"]
+        if lat.get("p50") is not None:
+            text += (f", live at {live['rate']:g} FPS: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, "
+                     f"{live['dropped']} of {live['frames_in']} dropped")
+    elif live:
+        text += f", live {live['status']} ({live['reason']})"
     logger.info("%s", text)

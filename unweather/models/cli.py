@@ -14,15 +14,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this area's subcommands."""
     parser = subparsers.add_parser(
         "models",
-        help="list the networks: parameters, FLOPs per pixel, size multiple, feature taps",
-        description="List the registered networks with their parameters, FLOPs per pixel (a multiply-add "
-        "counts 2), the size multiple frames are padded to, and the channels of their four feature taps.",
+        help="list the shipped weights (fast, quality) and the networks: parameters, FLOPs per pixel, taps",
+        description="List the trained weights shipped with the package (what --model fast and --model quality "
+        "load), then the registered networks with their parameters, FLOPs per pixel (a multiply-add counts 2), "
+        "the size multiple frames are padded to, and the channels of their four feature taps.",
     )
     parser.add_argument(
         "--size",
-        default="720x1280",
-        metavar="HxW",
-        help="frame size the FLOPs are counted at (default 720x1280)",
+        default="1280x720",
+        metavar="WxH",
+        help="frame size (width x height) the FLOPs are counted at (default 1280x720)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(func=models_handler)
@@ -62,15 +63,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _parse_size(text: str) -> tuple[int, int]:
+    """(height, width) from "WIDTHxHEIGHT", as video tools write sizes (1280x720)."""
     from unweather.errors import UnweatherError
 
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
+        w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise UnweatherError(f"--size must look like 720x1280 (height x width), not {text!r}") from None
+        raise UnweatherError(f"--size must be WIDTHxHEIGHT, e.g. 1280x720, not {text!r}") from None
     if h < 1 or w < 1:
         raise UnweatherError(f"--size must be positive, not {text!r}")
     return h, w
+
+
+# What each shipped weights file is for (the file's own metadata gives its network and training).
+SHIPPED_ROLES = {"fast": "the small student, for real time on a CPU; the default there",
+                 "quality": "the larger student, for GPUs and offline work; the default on a GPU"}
+
+
+def describe_weights() -> list[dict[str, object]]:
+    """One row per shipped weights file: name, network, size, weathers, validation PSNR and role."""
+    from unweather.engine.sources import SHIPPED, shipped_weights
+    from unweather.models import read_metadata
+
+    rows = []
+    for name, arch in SHIPPED.items():
+        path = shipped_weights(name)
+        row: dict[str, object] = {"name": name, "arch": arch, "installed": path.is_file(),
+                                  "role": SHIPPED_ROLES.get(name, "")}
+        if path.is_file():
+            meta = read_metadata(path)
+            row["arch"] = meta.get("arch", arch)
+            row["size_mb"] = round(path.stat().st_size / 1e6, 2)
+            try:
+                row["weathers"] = json.loads(meta.get("weathers", "[]"))
+                row["val_psnr"] = json.loads(meta.get("val_psnr", "{}")).get("score")
+            except (json.JSONDecodeError, AttributeError):
+                row["weathers"], row["val_psnr"] = [], None
+        rows.append(row)
+    return rows
 
 
 def describe_models(height: int, width: int) -> list[dict[str, object]]:
@@ -103,9 +133,19 @@ def models_handler(args: argparse.Namespace) -> int:
     """Print the registry as a table (or JSON)."""
     height, width = _parse_size(args.size)
     rows = describe_models(height, width)
+    weights = describe_weights()
     if args.json:
-        print(json.dumps({"height": height, "width": width, "models": rows}, indent=2))
+        print(json.dumps({"width": width, "height": height, "weights": weights, "models": rows}, indent=2))
         return 0
+    print("shipped weights (--model NAME):")
+    for w in weights:
+        if not w["installed"]:
+            print(f"  {w['name']:<8} {w['arch']} - not in this installation")
+            continue
+        psnr = f", synthetic-validation PSNR {w['val_psnr']:.1f} dB" if w.get("val_psnr") else ""
+        weathers = "/".join(w.get("weathers") or []) or "?"
+        print(f"  {w['name']:<8} {w['arch']}, {weathers}, {w['size_mb']:.1f} MB{psnr}: {w['role']}")
+    print("\nnetworks (as --model NAME they are untrained: for testing the video path and for conversion):")
     header = ("name", "params", "FLOP/pixel", f"GFLOP/{width}x{height}", "pad", "taps", "description")
     table = [
         (

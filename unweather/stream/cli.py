@@ -9,6 +9,19 @@ import threading
 
 logger = logging.getLogger(__name__)
 
+_EPILOG = """\
+examples:
+  unweather run dashcam.mp4                          # -> dashcam.unweather.mp4 beside it, audio copied
+  unweather run dashcam.mp4 -o clean/dashcam.mkv --model quality --stats run.json
+  unweather run long.mp4 --start 1:30 --duration 20  # 20 s from 1 min 30 s (HH:MM:SS[.ms] or seconds)
+  unweather run dashcam.mp4 --mask bonnet.png --strength 0.8   # white in the mask: left untouched
+  unweather run photos/ -o photos_clean/             # a folder of images: same names, same formats
+  unweather run rtsp://user:pass@cam/stream1 -o gate.mkv --duration 3600   # record one hour, live
+  unweather run /dev/video0 -o rtsp://server:8554/clean                    # a webcam, published
+
+Output folders that do not exist are created. -q prints only warnings and errors.
+"""
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `run`."""
@@ -16,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "run", help="remove rain, snow and haze from a video, images, a camera or a stream",
         description="Restore INPUT (video file, image, folder of images, /dev/videoN, or an rtsp/rtmp/http/srt "
                     "URL) into OUTPUT (video file, image, folder ending in '/', or an rtsp/rtmp/srt URL). "
-                    "Ctrl-C stops reading; frames already read are finished and the output stays playable.")
+                    "Ctrl-C stops reading; frames already read are finished and the output stays playable.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="what to restore; several inputs, a folder of videos or a sources file (.yaml, .toml) "
                         "run together, sharing one engine")
@@ -45,6 +59,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mode.add_argument("--offline", dest="mode", action="store_const", const="offline",
                       help="every frame, batched (default for files and folders)")
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N input frames")
+    p.add_argument("--start", metavar="T", help="video files: start T into the file (seconds or HH:MM:SS[.ms]); "
+                                               "the output starts there, at 0")
+    p.add_argument("--duration", metavar="T", help="restore T (seconds or HH:MM:SS[.ms]); files: from --start, "
+                                                  "audio cut to match; live sources: record this long")
+    p.add_argument("--strength", type=float, default=1.0, metavar="S",
+                   help="blend with the input after restoring, S in [0, 1]: 0 returns the input, 1 (default) "
+                        "the full restoration")
+    p.add_argument("--mask", metavar="FILE.png", help="greyscale (or alpha) PNG the size of the frame: white "
+                                                     "regions come out exactly as they went in, grey blends")
     p.add_argument("--side-by-side", action="store_true", help="write input | output side by side")
     p.add_argument("--temporal", type=float, default=0.0, metavar="S",
                    help="still cameras: blend each restored frame with the previous one where little changed, "
@@ -54,7 +77,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                    "libx264), libx264, h264_nvenc, libx265")
     p.add_argument("--crf", type=int, default=18, help="video quality, 0-51, lower is better (default 18)")
     p.add_argument("--preset", help="encoder preset (default: veryfast live, fast offline)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary")
+    p.add_argument("--quiet", "-q", action="store_true",
+                   help="only warnings and errors: no progress bar, log lines or summary")
     net = p.add_argument_group("network sources")
     net.add_argument("--open-timeout", type=float, default=10.0, metavar="S", help="seconds to connect (10)")
     net.add_argument("--read-timeout", type=float, default=10.0, metavar="S", help="seconds per read (10)")
@@ -73,9 +97,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    """The `RunConfig` the arguments ask for."""
-    from unweather.stream.config import RunConfig
+    """The `RunConfig` the arguments ask for.
 
+    Raises:
+        UnweatherError: a malformed --start or --duration.
+    """
+    from unweather.stream.config import RunConfig, parse_time
+
+    start = parse_time(args.start, "--start") if getattr(args, "start", None) is not None else None
+    duration = parse_time(args.duration, "--duration") if getattr(args, "duration", None) is not None else None
     return RunConfig(
         model=args.model, backend=args.backend, precision=args.precision, device=args.device,
         trust_checkpoint=args.trust_checkpoint, batch=args.batch, mode=args.mode, max_frames=args.max_frames,
@@ -83,7 +113,8 @@ def config_from_args(args: argparse.Namespace):
         crf=args.crf, preset=args.preset,
         progress=not args.quiet, open_timeout=args.open_timeout, read_timeout=args.read_timeout,
         stall_timeout_network=args.stall_timeout, give_up_after=args.give_up_after,
-        rtsp_transport=args.rtsp_transport, tile=args.tile, tile_overlap=args.tile_overlap)
+        rtsp_transport=args.rtsp_transport, tile=args.tile, tile_overlap=args.tile_overlap, start=start,
+        duration=duration, strength=getattr(args, "strength", 1.0), mask=getattr(args, "mask", None))
 
 
 def handle_run(args: argparse.Namespace) -> int:
@@ -114,6 +145,9 @@ def handle_run(args: argparse.Namespace) -> int:
             stats = run(args.inputs[0], args.output, config, stop_event=stop)
     if not args.quiet:
         print(stats.summary(), file=sys.stderr)
+    else:
+        for warning in getattr(stats, "warnings", list)():
+            logger.warning("warning: %s", warning)
     if many and stats.failed:
         names = ", ".join(entry["name"] for entry in stats.failed)
         print(f"unweather: error: {len(stats.failed)} of {len(stats.streams)} inputs failed: {names}",

@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 
 from unweather.errors import UnweatherError
 
 MODES = ("auto", "live", "offline")
+
+_CLOCK = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{1,2}(?:\.\d+)?)$")
+
+
+def parse_time(text: str, what: str = "time") -> float:
+    """Seconds from "90", "90.5", "1:30" (MM:SS) or "01:02:03.250" (HH:MM:SS[.ms]).
+
+    Raises:
+        UnweatherError: `text` is none of these, or negative.
+    """
+    value = str(text).strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        match = _CLOCK.match(value)
+        if not match or float(match[3]) >= 60 or (match[1] is not None and int(match[2]) >= 60):
+            raise UnweatherError(f"{what} {text!r} is not seconds or HH:MM:SS[.ms] (e.g. 90, 1:30, 00:01:30.5)."
+                                 ) from None
+        seconds = int(match[1] or 0) * 3600 + int(match[2]) * 60 + float(match[3])
+    if not seconds >= 0 or seconds == float("inf"):
+        raise UnweatherError(f"{what} must be a number of seconds, 0 or more, not {text!r}.")
+    return seconds
 
 
 @dataclass
@@ -40,6 +63,14 @@ class RunConfig:
         rtsp_transport: "tcp" (default) or "udp" for RTSP sources and outputs.
         device_size, device_rate, device_format: capture-device settings (e.g. "1280x720", 30, "mjpeg").
         tile, tile_overlap: restore frames larger than tile x tile in overlapping tiles (None: whole frames).
+        start: video files: seek to this many seconds from the start; the output starts there at 0
+            (text such as "1:30" or "00:01:30.5" is parsed, see `parse_time`).
+        duration: restore this many seconds (files: of the file from `start`, audio cut to match;
+            live sources and images: stop once the frames read span this long).
+        strength: blend of the restoration with the input after inference, in [0, 1]: 0 returns the
+            input, 1 (default) the full restoration.
+        mask: a greyscale or alpha PNG the size of the frame (resized with a warning otherwise):
+            white leaves a pixel exactly as it came in, black restores it fully, grey blends.
     """
 
     model: str | None = None
@@ -71,7 +102,18 @@ class RunConfig:
     device_format: str | None = None
     tile: int | None = None
     tile_overlap: int = 32
+    start: float | None = None
+    duration: float | None = None
+    strength: float = 1.0
+    mask: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Times may be given as text, as on the command line and in sources files ("1:30", "00:01:30.5").
+        if isinstance(self.start, str):
+            self.start = parse_time(self.start, "start")
+        if isinstance(self.duration, str):
+            self.duration = parse_time(self.duration, "duration")
 
     def validate(self) -> None:
         """Raise UnweatherError for settings that cannot work."""
@@ -92,6 +134,12 @@ class RunConfig:
             raise UnweatherError(f"stall_timeout must be positive, not {self.stall_timeout}.")
         if not self.image_rate > 0:
             raise UnweatherError(f"image_rate must be positive, not {self.image_rate}.")
+        if self.start is not None and not 0 <= self.start < float("inf"):
+            raise UnweatherError(f"start must be at least 0 seconds, not {self.start}.")
+        if self.duration is not None and not 0 < self.duration < float("inf"):
+            raise UnweatherError(f"duration must be more than 0 seconds, not {self.duration}.")
+        if not 0.0 <= self.strength <= 1.0:
+            raise UnweatherError(f"strength must be between 0 and 1, not {self.strength}.")
 
     def network_options(self):
         """The `NetworkOptions` these settings give."""

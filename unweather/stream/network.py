@@ -52,7 +52,12 @@ def is_network_url(spec: str) -> bool:
 
 @dataclass
 class NetworkOptions:
-    """Timeouts and reconnection policy of a network source or output (seconds)."""
+    """Timeouts and reconnection policy of a network source or output (seconds).
+
+    A source that has streamed reconnects with backoff until `give_up_after` seconds without a
+    frame; one that has never delivered a frame (wrong host, port, path or password) gets
+    `first_attempts` tries, each bounded by `open_timeout`, so a mistyped URL fails in seconds.
+    """
 
     open_timeout: float = 10.0
     read_timeout: float = 10.0
@@ -62,6 +67,7 @@ class NetworkOptions:
     max_restarts_per_minute: int = 10
     give_up_after: float = 300.0
     rtsp_transport: str = "tcp"
+    first_attempts: int = 3
 
     def __post_init__(self) -> None:
         for name in ("open_timeout", "read_timeout", "stall_timeout", "backoff_initial", "backoff_max",
@@ -70,6 +76,8 @@ class NetworkOptions:
                 raise UnweatherError(f"{name} must be a positive number of seconds, not {getattr(self, name)}.")
         if self.max_restarts_per_minute < 1:
             raise UnweatherError("max_restarts_per_minute must be at least 1.")
+        if self.first_attempts < 1:
+            raise UnweatherError("first_attempts must be at least 1.")
         if self.rtsp_transport not in ("tcp", "udp", "udp_multicast", "http", "https"):
             raise UnweatherError(
                 f"rtsp_transport must be tcp, udp, udp_multicast, http or https, not {self.rtsp_transport!r}.")
@@ -168,7 +176,8 @@ class NetworkSource:
 
         Raises:
             UnweatherError: the source could not be opened for a reason retrying cannot fix (wrong
-                path or credentials) or no frame came for `give_up_after` seconds.
+                path or credentials), gave no frame in `first_attempts` tries, or no frame came for
+                `give_up_after` seconds.
         """
         import av
 
@@ -176,6 +185,7 @@ class NetworkSource:
         last_frame_at = time.monotonic()
         backoff = opts.backoff_initial
         ever_streamed = False
+        attempts = 0
         self._reader = threading.get_ident()
         try:
             while not self.stop_event.is_set():
@@ -204,6 +214,12 @@ class NetworkSource:
                     self._close_container()
                 if self.stop_event.is_set():
                     break
+                attempts += 1
+                if not ever_streamed and attempts >= opts.first_attempts:
+                    # Never a frame: a wrong address, path or password, not a camera that dropped out.
+                    tries = f"{attempts} attempt{'s' * (attempts > 1)}"
+                    raise UnweatherError(f"no frame from {self.redacted_url} after {tries} to open it "
+                                         f"(last error: {reason}); giving up.")
                 deadline = last_frame_at + opts.give_up_after
                 if time.monotonic() >= deadline:
                     silent = time.monotonic() - last_frame_at
@@ -213,10 +229,14 @@ class NetworkSource:
                 if self.stop_event.is_set():
                     break
                 delay = min(backoff, max(0.0, deadline - time.monotonic()))
-                self.restarts += 1
                 self.state = SourceState.RECONNECTING
-                logger.warning("%s: %s; reconnecting in %.1f s (restart %d)", self.redacted_url, reason,
-                               delay, self.restarts)
+                if ever_streamed:
+                    self.restarts += 1
+                    logger.warning("%s: %s; reconnecting in %.1f s (restart %d)", self.redacted_url, reason,
+                                   delay, self.restarts)
+                else:
+                    logger.info("%s: %s; trying again in %.1f s (attempt %d of %d)", self.redacted_url, reason,
+                                delay, attempts + 1, opts.first_attempts)
                 if self.stop_event.wait(delay):
                     break
                 backoff = min(backoff * 2.0, opts.backoff_max)

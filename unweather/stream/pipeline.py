@@ -140,11 +140,17 @@ class Pipeline:
         config: the run's settings.
         live: live mode (drop oldest, batch 1) rather than offline.
         stop_event: set from anywhere to stop reading; queued frames are still finished.
+        mask: `config.mask` as loaded by `unweather.stream.mask.load_mask` (None: no mask).
+        announce: logged as "writing ANNOUNCE" when the first frame is written (an output name the
+            user did not give), so that nothing is announced for a run that fails before.
     """
 
     def __init__(self, source: Source, sink: Sink, engine: Any, config: RunConfig, live: bool,
-                 stop_event: threading.Event) -> None:
+                 stop_event: threading.Event, mask: Any = None, announce: str | None = None) -> None:
         self.source = source
+        self.announce = announce
+        self.mask = mask
+        self._masks: dict[tuple[int, int], torch.Tensor] = {}
         self.sink = sink
         self.engine = engine
         self.config = config
@@ -213,6 +219,9 @@ class Pipeline:
     def _decode(self) -> None:
         frames = self.source.frames()
         limit = self.config.max_frames
+        # A file cuts --duration itself (with its audio); other sources stop here once the frames span it.
+        span = self.config.duration if getattr(self.source, "duration", None) is None else None
+        first_time = None
         while True:
             if self.stop_event.is_set():
                 self.interrupted = True
@@ -222,6 +231,12 @@ class Pipeline:
                 sf = next(frames)
             except StopIteration:
                 break
+            if span is not None:
+                t = float(sf.pts * sf.time_base)
+                first_time = t if first_time is None else first_time
+                if t - first_time >= span:
+                    self.stopped_early = True
+                    break
             item = self._to_host(sf)
             self.busy["decode"] += time.perf_counter() - t0
             self.q_dec.put(item, self.wait)
@@ -372,12 +387,41 @@ class Pipeline:
         if k:
             x = torch.rot90(x, k, dims=(-2, -1))
         with torch.inference_mode():
-            out = self.temporal(self.engine(x))
+            out = self._blend(x, self.temporal(self.engine(x)))
             if self.config.side_by_side:
                 out = torch.cat([x, out.to(x.dtype)], dim=-1)
         if k:
             out = torch.rot90(out, -k, dims=(-2, -1))
         return out
+
+    def _blend(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """--strength, then --mask: out = s * out + (1 - s) * in, then mask * in + (1 - mask) * out.
+
+        Written as sums rather than `lerp`, so that strength 0 and white mask pixels give the input
+        exactly, bit for bit.
+        """
+        strength = self.config.strength
+        if strength >= 1.0 and self.mask is None:
+            return out
+        out = out.to(x.dtype)
+        if strength < 1.0:
+            out = strength * out + (1.0 - strength) * x
+        if self.mask is not None:
+            m = self._mask_for(x)
+            out = m * x + (1.0 - m) * out
+        return out
+
+    def _mask_for(self, x: torch.Tensor) -> torch.Tensor:
+        """The mask at the size of `x` (N, 3, H, W), as (1, 1, H, W) on its device (resized once per size)."""
+        from unweather.stream.mask import fit_mask
+
+        height, width = x.shape[-2:]
+        mask = self._masks.get((height, width))
+        if mask is None:
+            fitted = fit_mask(self.mask, width, height, str(self.config.mask))
+            mask = torch.from_numpy(fitted).to(device=x.device, dtype=x.dtype)[None, None]
+            self._masks[(height, width)] = mask
+        return mask
 
     # -- stage 4: convert back and download ------------------------------------------------------
     def _download(self) -> None:
@@ -432,6 +476,9 @@ class Pipeline:
                 t0 = time.perf_counter()
                 planes = tuple(out.host[name].numpy() for name in _plane_names(out.key))
                 frame = out.frame
+                if self.announce is not None:
+                    logger.info("writing %s", self.announce)
+                    self.announce = None
                 self.sink.write(planes, frame.pts, frame.time_base, frame.name)
                 self.out_ring.release(out.key, out.host)
                 now = time.monotonic()
@@ -543,18 +590,25 @@ class Pipeline:
             queues[q.name] = {"capacity": q.capacity, "max_depth": q.max_depth,
                               "mean_depth": round(q.mean_depth, 3), "dropped": q.dropped}
             dropped += q.dropped * (1 if q is self.q_dec else self.batch)
+        expected = self.source.frames_expected
+        if expected is not None and self.config.max_frames is not None:
+            expected = min(expected, self.config.max_frames)
+        complete = not (self.interrupted or self.stopped_early)
         return RunStats(
             mode="live" if self.live else "offline",
             engine=_describe_engine(self.engine),
             frames_in=self.frames_in,
             frames_out=self.frames_out,
             dropped=dropped,
+            frames_expected=expected,
+            input_truncated=bool(self.source.truncated and complete),
+            corrupt_packets=self.source.corrupt_packets,
             elapsed_s=round(elapsed, 4),
             fps=round(self.frames_out / elapsed, 3) if elapsed > 0 else 0.0,
             stage_s={k: round(v, 4) for k, v in self.busy.items()},
             latency_ms=self.latency.percentiles(),
             queues=queues,
-            restarts=self.source.restarts,
+            reconnections=self.source.reconnections,
             width=self.source.width,
             height=self.source.height,
             batch=self.batch,

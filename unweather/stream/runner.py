@@ -22,15 +22,42 @@ logger = logging.getLogger(__name__)
 _OUTPUT_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "srt")
 
 
+def model_name(config: RunConfig) -> str:
+    """The model `config` names, or the package's default for its device when it names none."""
+    if config.model is not None:
+        return config.model
+    import unweather.engine as engines
+
+    default = getattr(engines, "default_model", None)
+    return default(config.device) if default is not None else "identity"
+
+
+def check_engine_request(config: RunConfig) -> None:
+    """Refuse at once, before any file is opened, what opening the engine would refuse later.
+
+    Raises:
+        UnweatherError: an unknown model or file, an unknown device, or a GPU device without CUDA.
+    """
+    import torch
+
+    if config.device:
+        try:
+            device = torch.device(config.device)
+        except (RuntimeError, ValueError):
+            raise UnweatherError(f"unsupported device {config.device!r}; use cpu, cuda or cuda:N.") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UnweatherError(f"device {config.device} was asked for, but torch sees no CUDA GPU.")
+    if config.model is not None:
+        from unweather.engine.sources import resolve
+
+        resolve(config.model)
+
+
 def open_engine(config: RunConfig) -> Any:
     """The engine `config` asks for, via `unweather.engine.open`; logs which model it uses."""
     import unweather.engine as engines
 
-    model = config.model
-    if model is None:
-        default = getattr(engines, "default_model", None)
-        model = default(config.device) if default is not None else "identity"
-        logger.info("model: %s (the default; choose one with --model)", model)
+    model = model_name(config)
     params = inspect.signature(engines.open).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     kwargs: dict[str, Any] = {}
@@ -48,7 +75,8 @@ def open_engine(config: RunConfig) -> Any:
         kwargs.update(tile=config.tile, tile_overlap=config.tile_overlap)
     engine = engines.open(model, **kwargs)
     describe = getattr(engine, "describe", None)
-    logger.info("model %s: %s", model, describe() if callable(describe) else type(engine).__name__)
+    default = " (the default; choose one with --model)" if config.model is None else ""
+    logger.info("model %s%s: %s", model, default, describe() if callable(describe) else type(engine).__name__)
     return engine
 
 
@@ -109,6 +137,41 @@ def open_sink(output: str, source: Source, config: RunConfig, live: bool, gpu: b
                          "extension, a folder ending in '/', or an rtsp/rtmp/srt URL.")
 
 
+def make_output_folder(output: str) -> list[str]:
+    """Create the missing folders above a local `output` (a file, or a folder ending in '/').
+
+    Returns:
+        The folders created, deepest first (`remove_folders` takes them away again if nothing is written).
+
+    Raises:
+        UnweatherError: a folder cannot be created (a file in the way, no permission).
+    """
+    if "://" in output:
+        return []
+    folder = os.path.dirname(os.path.abspath(output.rstrip("/" + os.sep) or output))
+    missing = []
+    path = folder
+    while path and not os.path.lexists(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    if missing:
+        try:
+            os.makedirs(folder)
+        except OSError as exc:
+            shown = os.path.dirname(output.rstrip("/" + os.sep)) or folder
+            raise UnweatherError(f"cannot create the output folder {shown}: {exc.strerror or exc}.") from None
+    return missing
+
+
+def remove_folders(folders: list[str]) -> None:
+    """Remove `folders` (deepest first) where they are still empty."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+
+
 def _engine_on_gpu(engine: Any) -> bool:
     device = getattr(engine, "device", None)
     return getattr(device, "type", str(device)) == "cuda"
@@ -148,12 +211,18 @@ def run(input: str, output: str | None = None, config: RunConfig | None = None, 
 
     config = config or RunConfig()
     config.validate()
+    # Everything that can be refused without work is refused before anything is created or announced.
+    if engine is None:
+        check_engine_request(config)
+    mask = None
+    if config.mask:
+        from unweather.stream.mask import load_mask
+
+        mask = load_mask(config.mask)
     spec = os.fspath(input)
     live = is_live(spec, config)
-    if output is None:
-        output = default_output(spec, live)
-        logger.info("writing %s", redact(output))
-    output = os.fspath(output)
+    announce = output is None
+    output = os.fspath(default_output(spec, live) if output is None else output)
     if "://" not in output and "://" not in spec and _same_file(spec, output):
         raise UnweatherError(f"the output {output} is the input: choose another name.")
     own_event = stop_event is None
@@ -161,19 +230,24 @@ def run(input: str, output: str | None = None, config: RunConfig | None = None, 
     wants_audio = "://" not in output and os.path.splitext(output)[1].lower() in VIDEO_SUFFIXES
     source = open_source(spec, config, live, wants_audio, stop_event, own_event)
     sink: Sink | None = None
+    folders: list[str] = []
     owned = engine is None
     try:
+        folders = make_output_folder(output)
         sink = open_sink(output, source, config, live, gpu=False)
         if engine is None:
             engine = open_engine(config)
         if isinstance(sink, VideoSink):
             sink.gpu = _engine_on_gpu(engine)
-        pipeline = Pipeline(source, sink, engine, config, live, stop_event)
+        pipeline = Pipeline(source, sink, engine, config, live, stop_event, mask=mask,
+                            announce=redact(output) if announce else None)
         logger.debug("%s -> %s: %s mode", redact(spec), redact(output), "live" if live else "offline")
         stats = pipeline.run()
     except BaseException:
         if sink is not None and not sink.frames_written:
             sink.discard()
+        if sink is None or not sink.frames_written:
+            remove_folders(folders)
         raise
     finally:
         source.close()
@@ -181,9 +255,10 @@ def run(input: str, output: str | None = None, config: RunConfig | None = None, 
             engine.close()
     if not sink.frames_written:
         sink.discard()
+        remove_folders(folders)
     stats.input = redact(spec)
     stats.output = redact(output)
-    stats.model = config.model or ""
+    stats.model = config.model or getattr(engine, "model", None) or model_name(config)
     if config.stats_path:
         write_stats(stats, config.stats_path)
     if stats.error:

@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Consecutive undecodable packets after which a file is taken as broken rather than damaged.
 _MAX_BAD_PACKETS = 100
+# Frames a file may fall short of what its container announces without being called truncated
+# (edit lists and rounding); the larger of the two.
+_SHORT_FRAMES, _SHORT_FRACTION = 2, 0.02
 
 
 @dataclass
@@ -62,7 +65,10 @@ class Source:
         audio_streams: input audio streams whose packets are copied (files only).
         audio_packets: demuxed audio packets waiting for the writer (filled while decoding).
         finished: the source ended by itself (not stopped early).
-        restarts: reconnections so far (network sources).
+        frames_expected: frames the container announces for what is read (None when unknown).
+        truncated: the input ended before what its container announces (cut short or damaged).
+        corrupt_packets: corrupt or undecodable packets skipped so far.
+        reconnections: reconnections so far (network sources).
     """
 
     description = ""
@@ -78,9 +84,12 @@ class Source:
         self.audio_streams: list[Any] = []
         self.audio_packets: collections.deque[Any] = collections.deque()
         self.finished = False
+        self.frames_expected: int | None = None
+        self.truncated = False
+        self.corrupt_packets = 0
 
     @property
-    def restarts(self) -> int:
+    def reconnections(self) -> int:
         return 0
 
     def frames(self) -> Iterator[SourceFrame]:
@@ -143,13 +152,22 @@ class FileSource(Source):
         want_audio: demux audio packets into `audio_packets` for copying.
         pace: release frames at their timestamps (live mode on a file).
         max_pixels: larger frames are refused.
+        start: seconds from the file's start to seek to; video and audio timestamps are then
+            shifted so the output's clock starts there at 0.
+        duration: seconds to read (from `start`); audio packets are cut at the same time.
     """
 
+    start = 0.0
+    duration: float | None = None
+
     def __init__(self, path: str, want_audio: bool = True, pace: bool = False, max_pixels: int = 8192 * 8192,
-                 stop_event: threading.Event | None = None) -> None:
+                 stop_event: threading.Event | None = None, start: float | None = None,
+                 duration: float | None = None) -> None:
         super().__init__()
         self.path = path
         self.description = path
+        self.start = start or 0.0
+        self.duration = duration
         self.live = pace
         self._stop = stop_event or threading.Event()
         self._reading = self._close_pending = False
@@ -180,14 +198,58 @@ class FileSource(Source):
         self.time_base = stream.time_base or Fraction(1, 90000)
         rate = stream.average_rate or stream.guessed_rate
         self.rate = Fraction(rate) if rate else None
-        self.total = stream.frames or None
-        if not self.total and stream.duration and self.rate:
-            self.total = round(float(stream.duration * stream.time_base) * float(self.rate)) or None
+        seconds = None
+        if stream.duration:
+            seconds = float(stream.duration * stream.time_base)
+        elif container.duration:
+            seconds = container.duration / 1_000_000
+        # What the container announces: its frame count, or its duration times the rate; the smaller
+        # when both are known (an edit list may hide frames the count includes).
+        announced = [n for n in (stream.frames or None, round(seconds * float(self.rate)) if seconds and self.rate
+                                 else None) if n]
+        total = min(announced) if announced else None
+        if self.start and seconds is not None and self.start >= seconds:
+            raise UnweatherError(f"--start {self.start:g} s is past the end of {self.path} ({seconds:.2f} s long).")
+        if (self.start or self.duration) and self.rate:
+            first = round(self.start * float(self.rate))
+            end = round((self.start + self.duration) * float(self.rate)) if self.duration else None
+            if total is not None:
+                end = total if end is None else min(end, total)
+            total = max(0, end - first) if end is not None else None
+        self.total = self.frames_expected = total or None
         if want_audio:
             self.audio_streams = [s for s in container.streams.audio]
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _window(self) -> tuple[int | None, int | None, float]:
+        """The first pts to keep, the first pts past the end (None: unbounded) and the clock shift (s)."""
+        tb = self.time_base
+        base = self.stream.start_time or 0
+        first = base + round(self.start / tb) if self.start else None
+        end = (first if first is not None else base) + round(self.duration / tb) if self.duration else None
+        return first, end, float(first * tb) if first is not None else 0.0
+
+    def _seek(self, pts: int) -> None:
+        import av
+
+        try:
+            self.container.seek(pts, stream=self.stream, backward=True, any_frame=False)
+        except (av.error.FFmpegError, OSError, ValueError) as exc:
+            raise UnweatherError(f"cannot seek to {self.start:g} s in {self.path}: {_reason(exc)}.") from None
+
+    def _keep_audio(self, packet: Any, first_s: float | None, end_s: float | None, shift_s: float) -> bool:
+        """Whether an audio packet falls in the window; shifts it onto the output's clock."""
+        t = float(packet.pts * packet.time_base)
+        if (first_s is not None and t < first_s) or (end_s is not None and t >= end_s):
+            return False
+        if shift_s:
+            delta = round(shift_s / packet.time_base)
+            packet.pts -= delta
+            if packet.dts is not None:
+                packet.dts -= delta
+        return True
 
     def frames(self) -> Iterator[SourceFrame]:
         import av
@@ -196,12 +258,19 @@ class FileSource(Source):
         streams = [stream, *self.audio_streams]
         audio_index = {s.index for s in self.audio_streams}
         interval = (1 / self.rate / self.time_base) if self.rate else Fraction(1, 25) / self.time_base
+        first_pts, end_pts, shift_s = self._window()
+        first_s = shift_s if first_pts is not None else None
+        end_s = float(end_pts * self.time_base) if end_pts is not None else None
+        shift = first_pts or 0
         self._reading = True
         last_pts: int | None = None
         count = bad = 0
         warned_size = warned_bad = False
         started = first_time = None
+        window_done = False  # the last frame of --duration was read
         try:
+            if first_pts is not None:
+                self._seek(first_pts)
             packets = self.container.demux(streams)
             while True:
                 try:
@@ -213,30 +282,46 @@ class FileSource(Source):
                 except _av_errors() as exc:
                     if count == 0:
                         raise UnweatherError(f"cannot read {self.path}: {_reason(exc)}.") from None
-                    logger.warning("%s ends early (%s): keeping the %d frames read", self.path, _reason(exc), count)
+                    logger.debug("%s ends early (%s) after %d frames", self.path, _reason(exc), count)
+                    self.truncated = True
                     break
                 if self._stop.is_set():
                     return
                 if packet.stream.index in audio_index:
                     if packet.size and packet.pts is not None:
-                        self.audio_packets.append(packet)
+                        if window_done and end_s is not None and packet.pts * packet.time_base >= end_s:
+                            break  # the audio reached the end of the window too
+                        if self._keep_audio(packet, first_s, end_s, shift_s):
+                            self.audio_packets.append(packet)
                     continue
+                if window_done:
+                    if not audio_index:
+                        break
+                    continue  # still reading the audio that goes with the last frames
+                corrupt = bool(packet.is_corrupt)
                 try:
                     decoded = stream.decode(packet)
                     bad = 0
                 except av.error.InvalidDataError as exc:
                     bad += 1
+                    self.corrupt_packets += 1
                     if bad >= _MAX_BAD_PACKETS or (count == 0 and bad >= 10):
                         raise UnweatherError(f"cannot decode {self.path}: {_reason(exc)}.") from None
                     if not warned_bad:
-                        logger.warning("%s: skipping undecodable packets (%s)", self.path, _reason(exc))
+                        logger.debug("%s: skipping undecodable packets (%s)", self.path, _reason(exc))
                         warned_bad = True
                     continue
                 except av.error.FFmpegError as exc:
                     raise UnweatherError(f"cannot decode {self.path}: {_reason(exc)}.") from None
+                self.corrupt_packets += corrupt
                 for frame in decoded:
+                    if first_pts is not None and frame.pts is not None and frame.pts < first_pts:
+                        continue  # decoded from the keyframe before --start
+                    if end_pts is not None and frame.pts is not None and frame.pts >= end_pts:
+                        window_done = True
+                        break
                     frame, warned_size = self._normalise(frame, warned_size)
-                    pts = frame.pts
+                    pts = frame.pts - shift if frame.pts is not None else None
                     if pts is None:
                         pts = 0 if last_pts is None else last_pts + int(interval)
                     if last_pts is not None and pts <= last_pts:
@@ -253,14 +338,22 @@ class FileSource(Source):
                         arrival = max(arrival, due)
                     count += 1
                     yield SourceFrame(frame, pts, self.time_base, arrival)
-            for frame in self._flush():
-                frame, warned_size = self._normalise(frame, warned_size)
-                pts = frame.pts if frame.pts is not None else (last_pts or 0) + int(interval)
-                if last_pts is not None and pts <= last_pts:
-                    pts = last_pts + 1
-                last_pts = pts
-                count += 1
-                yield SourceFrame(frame, pts, self.time_base, time.monotonic())
+            if not window_done:
+                for frame in self._flush():
+                    if first_pts is not None and frame.pts is not None and frame.pts < first_pts:
+                        continue
+                    if end_pts is not None and frame.pts is not None and frame.pts >= end_pts:
+                        break
+                    frame, warned_size = self._normalise(frame, warned_size)
+                    pts = frame.pts - shift if frame.pts is not None else (last_pts or 0) + int(interval)
+                    if last_pts is not None and pts <= last_pts:
+                        pts = last_pts + 1
+                    last_pts = pts
+                    count += 1
+                    yield SourceFrame(frame, pts, self.time_base, time.monotonic())
+                expected = self.frames_expected
+                if expected and count < expected - max(_SHORT_FRAMES, round(_SHORT_FRACTION * expected)):
+                    self.truncated = True
             self.finished = True
         finally:
             # The container stays open until `close()`: the writer copies its audio streams' parameters.
@@ -439,7 +532,7 @@ class NetworkInput(Source):
         self.time_base = TIME_BASE
 
     @property
-    def restarts(self) -> int:
+    def reconnections(self) -> int:
         return self.source.restarts
 
     def stop(self) -> None:
@@ -455,7 +548,9 @@ class NetworkInput(Source):
                 if self.source.rate:
                     self.rate = self.source.rate
                 first = False
+            self.corrupt_packets = self.source.corrupt_packets
             yield SourceFrame(frame, frame.pts, self.time_base, arrival)
+        self.corrupt_packets = self.source.corrupt_packets
         self.finished = not self.source.stop_event.is_set()
 
     def close(self) -> None:
@@ -482,8 +577,14 @@ def open_source(spec: str, config: Any, live: bool, want_audio: bool, stop_event
     """The source `spec` names: URL, capture device, image, folder of images or video file.
 
     A network source waits on `stop_event` itself (`own_event`: it may also set it to stop); the
-    others get a private event, and the pipeline checks `stop_event` between frames.
+    others get a private event, and the pipeline checks `stop_event` between frames. `config.start`
+    (seeking) applies to video files only; `config.duration` to files here, to the rest in the pipeline.
     """
+    start = getattr(config, "start", None)
+    if start and (is_url(spec) or is_device(spec) or os.path.isdir(spec) or spec.lower().endswith(IMAGE_SUFFIXES)):
+        kind = "a live source" if is_url(spec) or is_device(spec) else "images"
+        raise UnweatherError(f"--start needs a video file, and {redact(spec)} is {kind}: nothing to seek in "
+                             "(--duration still sets how long to record).")
     if is_url(spec):
         return NetworkInput(spec, config.network_options(), stop_event=stop_event, max_pixels=config.max_pixels,
                             own_event=own_event)
@@ -497,4 +598,5 @@ def open_source(spec: str, config: Any, live: bool, want_audio: bool, stop_event
         raise UnweatherError(f"no such file or folder: {spec}.")
     if os.path.isdir(spec) or spec.lower().endswith(IMAGE_SUFFIXES):
         return ImageSource(spec, rate=config.image_rate, max_pixels=config.max_pixels, stop_event=stop_event)
-    return FileSource(spec, want_audio=want_audio, pace=live, max_pixels=config.max_pixels, stop_event=stop_event)
+    return FileSource(spec, want_audio=want_audio, pace=live, max_pixels=config.max_pixels, stop_event=stop_event,
+                      start=start, duration=getattr(config, "duration", None))

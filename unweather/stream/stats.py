@@ -47,14 +47,18 @@ class RunStats:
     Attributes:
         input, output: what was read and written (URLs redacted).
         mode: "live" or "offline".
-        model, engine: the model argument and the engine's description.
+        model, engine: the model used (the default's name when none was given) and the engine's description.
         frames_in: frames decoded; frames_out: frames written; dropped: frames dropped (live mode).
+        frames_expected: frames the input's container announces for what was asked to be read (None
+            when unknown or not read to its end).
+        input_truncated: the input ended well before `frames_expected` (a cut-short or damaged file).
+        corrupt_packets: input packets that were corrupt or could not be decoded (skipped).
         elapsed_s: from the first frame decoded to the output closed.
         fps: frames_out / elapsed_s.
         stage_s: busy seconds per stage (waiting on queues excluded).
         latency_ms: end-to-end latency per frame (decode, or packet arrival when live, to written).
         queues: per queue: capacity, max and mean depth, frames dropped.
-        restarts: reconnections of a network source.
+        reconnections: reconnections of a network source.
         width, height: input frame size; batch: frames per inference call.
         interrupted: the run was stopped before its input ended.
         error: the error that ended the run, if any.
@@ -68,12 +72,15 @@ class RunStats:
     frames_in: int = 0
     frames_out: int = 0
     dropped: int = 0
+    frames_expected: int | None = None
+    input_truncated: bool = False
+    corrupt_packets: int = 0
     elapsed_s: float = 0.0
     fps: float = 0.0
     stage_s: dict[str, float] = field(default_factory=dict)
     latency_ms: dict[str, float | None] = field(default_factory=dict)
     queues: dict[str, dict[str, float]] = field(default_factory=dict)
-    restarts: int = 0
+    reconnections: int = 0
     width: int | None = None
     height: int | None = None
     batch: int = 1
@@ -96,6 +103,19 @@ class RunStats:
             lines.append(f"latency p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms")
         busy = ", ".join(f"{k} {v:.2f} s" for k, v in self.stage_s.items())
         lines.append(f"stage time: {busy}")
-        if self.restarts:
-            lines.append(f"source reconnected {self.restarts} time(s)")
+        if self.reconnections:
+            lines.append(f"source reconnected {self.reconnections} time(s)")
+        lines += [f"warning: {w}" for w in self.warnings()]
         return "\n".join(lines)
+
+    def warnings(self) -> list[str]:
+        """What went wrong with the input although the output was written: at most one sentence."""
+        name = self.input or "the input"
+        corrupt = (f"{self.corrupt_packets} corrupt or undecodable packet{'s' * (self.corrupt_packets > 1)} "
+                   "skipped") if self.corrupt_packets else ""
+        if self.input_truncated:
+            read = (f"{self.frames_in} of the {self.frames_expected} frames its container announces were read"
+                    if self.frames_expected else f"{self.frames_in} frames were read")
+            return [f"{name} ended early: {read}{', ' + corrupt if corrupt else ''} "
+                    "(the file is cut short or damaged)."]
+        return [f"{name}: {corrupt}."] if corrupt else []
