@@ -5,8 +5,11 @@ Runs on the identity network at a tiny resolution; speed itself is never asserte
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
+import stat
 import statistics
 import time
 
@@ -111,7 +114,7 @@ def test_markdown_and_plot_are_written(bench_run):
     assert "| model | backend | precision | resolution | batch | engine FPS | p50 ms | p95 ms | p99 ms" in table
     assert "peak RSS MB |" in table and "other processes kept" in table
     assert f"| identity | torch | fp32 | {TINY} | 1 |" in table and "1.00x" in table
-    assert "skipped: identity tensorrt fp32" in table
+    assert "skipped (not applicable here): identity tensorrt fp32" in table
     assert payload["command"] in table
     png = (out / "r.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 1000
@@ -175,7 +178,7 @@ def test_cuda_request_without_gpu_is_skipped(tmp_path):
     (row,) = payload["results"]
     assert row["status"] == "skipped" and "CUDA" in row["reason"]
     assert "x_vs_baseline" not in row
-    assert "skipped: identity torch fp32 32x32" in markdown_table(payload)
+    assert "skipped (not applicable here): identity torch fp32 32x32" in markdown_table(payload)
 
 
 @pytest.mark.gpu
@@ -319,15 +322,41 @@ def test_exclusions_and_slow_first_calls_are_skipped_with_reasons(tmp_path):
     assert len(time_engine(slow, batches, warmup=1, repeats=1, max_call_s=10.0)["samples_ms"]) == 1
 
 
-def test_tensorrt_engines_are_built_for_the_benchmarked_shape():
+def test_tensorrt_engines_are_built_for_the_benchmarked_shape(tmp_path):
+    import onnx
+
     from unweather.bench.runner import tensorrt_profile
+    from unweather.engine.export import export_onnx
     from unweather.models import build
 
     config = BenchConfig(backends=[BackendSpec("tensorrt")], resolutions=[Resolution(640, 360)], batches=[2])
     combo = combinations(config)[-1]
-    multiple = build("identity").pad_multiple
-    height = -(-360 // multiple) * multiple
-    assert tensorrt_profile(combo) == {"opt_shape": f"2x3x{height}x640", "max_shape": "4x3x1088x1920"}
+    # Exported graphs pad frames themselves: the profile is in frame sizes.
+    assert tensorrt_profile(combo) == {"opt_shape": "2x3x360x640", "max_shape": "4x3x1088x1920"}
+    path = tmp_path / "identity.onnx"
+    export_onnx(build("identity"), path)
+    onnx_combo = combinations(dataclasses.replace(config, models=[ModelSpec(str(path))]))[-1]
+    assert tensorrt_profile(onnx_combo)["opt_shape"] == "2x3x360x640"
+    # An ONNX file of the earlier layout runs at padded sizes.
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key == "unweather.pad_multiple"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(path))
+    assert tensorrt_profile(onnx_combo) == {"opt_shape": "2x3x368x640", "max_shape": "4x3x1088x1920"}
+
+
+def test_results_files_get_the_permissions_of_an_ordinary_new_file(tmp_path):
+    out = tmp_path / "r.json"
+    old = os.umask(0o022)
+    try:
+        assert main(["bench", "--models", "identity", "--backends", "torch", "--precisions", "fp32", "--resolutions",
+                     "32x32", "--frames", "1", "--repeats", "1", "--warmup", "0", "--device", "cpu", "--no-pipeline",
+                     "--no-progress", "--json", str(out)]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644  # a service running as another user can read it
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
 
 
 def test_failures_are_classified():
@@ -337,6 +366,34 @@ def test_failures_are_classified():
     assert status == "skipped" and "fp16" in reason
     status, reason = classify_failure(ValueError("bad\nsecond line"), combo)
     assert (status, reason) == ("failed", "ValueError: bad")
+    # Our own errors: a refusal to open the engine is a skip, one raised while measuring a failure.
+    assert classify_failure(UnweatherError("bf16 is emulated here"), combo, opening=True) == (
+        "skipped", "bf16 is emulated here")
+    assert classify_failure(UnweatherError("the pipeline stopped: boom"), combo) == (
+        "failed", "the pipeline stopped: boom")
+
+
+def test_a_broken_pipeline_is_failed_not_skipped(tmp_path, monkeypatch):
+    import unweather.bench.runner as runner
+
+    def broken(*args, **kwargs):
+        raise UnweatherError("the pipeline stopped: the encoder broke")
+
+    monkeypatch.setattr(runner, "time_pipeline", broken)
+    out = tmp_path / "r.json"
+    argv = ["bench", "--models", "identity", "no-such-model", "--backends", "torch", "--precisions", "fp32",
+            "--resolutions", "32x32", "--frames", "1", "--repeats", "1", "--warmup", "0", "--device", "cpu",
+            "--no-progress", "--json", str(out), "--markdown", str(tmp_path / "r.md")]
+    assert main(argv) == 1  # measured, but an error happened: not a clean run
+    rows = json.loads(out.read_text())["results"]
+    (ok,) = [r for r in rows if r["model"] == "identity"]
+    assert ok["status"] == "ok" and ok["pipeline"] == {"status": "failed",
+                                                       "reason": "the pipeline stopped: the encoder broke"}
+    (missing,) = [r for r in rows if r["model"] == "no-such-model"]
+    assert missing["status"] == "failed" and "no-such-model" in missing["reason"]  # a mistake, not a skip
+    table = (tmp_path / "r.md").read_text()
+    assert "- pipeline failed (error): the pipeline stopped: the encoder broke" in table
+    assert "- failed (error): no-such-model torch fp32" in table
 
 
 def test_percentiles_and_summary():

@@ -259,3 +259,27 @@ def test_ray_options_parse():
     assert split_address("head:6379", ["a.mp4"]) == ("head:6379", ["a.mp4"])
     assert split_address("ray://10.0.0.1:10001", []) == ("ray://10.0.0.1:10001", [])
     assert split_address("b.mp4", ["a.mp4"]) == (None, ["b.mp4", "a.mp4"])
+
+
+def test_run_on_ray_takes_its_options_whole(tmp_path, monkeypatch):
+    """Options reach the archive as given: once `run_on_ray`'s own chunk_seconds/resume/max_failed
+    keyword defaults overwrote them (ArchiveOptions(resume=True) ran with resume off)."""
+    import inspect
+
+    from unweather.cluster import ray_run
+    from unweather.cluster.ray_archive import ArchiveOptions
+    from unweather.cluster.ray_run import RayOptions, run_on_ray
+
+    params = inspect.signature(run_on_ray).parameters
+    assert list(params) == ["inputs", "output_dir", "config", "options", "runner", "stop_event"]
+    seen = {}
+    monkeypatch.setattr(ray_run, "connect", lambda address, **kw: seen.update(address=address, **kw) or False)
+    monkeypatch.setattr(ray_run, "disconnect", lambda started: None)
+    monkeypatch.setattr(ray_run, "run_archive", lambda files, out, config, options, runner: seen.update(
+        files=[f.name for f in files], options=options) or {})
+    (tmp_path / "v.mp4").write_bytes(b"")
+    archive = ArchiveOptions(resume=True, chunk_seconds=30.0, max_failed=2, actors=3, progress=False)
+    run_on_ray([str(tmp_path / "v.mp4")], str(tmp_path / "out"), None,
+               RayOptions(address="head:6379", archive=archive, num_cpus=4))
+    assert seen["options"] == archive and seen["options"].resume is True
+    assert seen["address"] == "head:6379" and seen["num_cpus"] == 4 and seen["files"] == ["v"]

@@ -19,6 +19,7 @@ from test_cluster import make_clip, probe
 from unweather.cluster import run_on_ray
 from unweather.cluster.chunks import is_temp
 from unweather.cluster.ray_archive import ArchiveOptions
+from unweather.cluster.ray_run import RayOptions
 from unweather.errors import UnweatherError
 from unweather.stream import RunConfig, run
 
@@ -89,10 +90,14 @@ def six(tmp_path_factory) -> list[str]:
             for i in range(6)]
 
 
-def lossless() -> RunConfig:
+def lossless(**kwargs) -> RunConfig:
     # Lossless, so frames compare exactly: lossy libx264 output differs from run to run here (the first
     # encode in a process differs from later ones), while the frames the engine produced do not.
-    return RunConfig(model="identity", codec="libx264", crf=0, progress=False)
+    return RunConfig(model="identity", codec="libx264", crf=0, progress=False, **kwargs)
+
+
+def archive(**kwargs) -> RayOptions:
+    return RayOptions(archive=ArchiveOptions(progress=False, **kwargs))
 
 
 def test_six_files_with_a_worker_killed(cluster, six, tmp_path):
@@ -112,8 +117,7 @@ def test_six_files_with_a_worker_killed(cluster, six, tmp_path):
 
     killer = threading.Thread(target=kill_first_worker_seen, daemon=True)
     killer.start()
-    stats = run_on_ray(six, out, lossless(), options=ArchiveOptions(progress=False, actors=2),
-                       stats_path=str(tmp_path / "stats.json"))
+    stats = run_on_ray(six, out, lossless(stats_path=str(tmp_path / "stats.json")), archive(actors=2))
     killer.join(5)
     assert killed, "no worker was caught mid-chunk"
     assert stats["totals"]["done"] == 6 and stats["totals"]["failed"] == 0
@@ -123,7 +127,12 @@ def test_six_files_with_a_worker_killed(cluster, six, tmp_path):
     assert set(handled) == {f"cam{i}" for i in range(6)}
     assert killed[0] not in {c["pid"] for c in stats["chunks"]}  # its chunk was redone elsewhere
     assert all(c["node"] and c["worker"] for c in stats["chunks"])
-    assert json.loads((tmp_path / "stats.json").read_text())["totals"]["done"] == 6
+    written = json.loads((tmp_path / "stats.json").read_text())
+    assert written["totals"]["done"] == 6
+    # Every input names where it was restored: the node and worker of its chunks.
+    for entry in written["inputs"]:
+        chunks = [c for c in written["chunks"] if c["name"] == entry["name"] and c["status"] == "done"]
+        assert entry["nodes"] == [chunks[-1]["node"]] and chunks[-1]["worker"] in entry["workers"]
     for src in six:
         single = str(tmp_path / ("single-" + os.path.basename(src)))
         run(src, single, lossless())
@@ -135,9 +144,8 @@ def test_six_files_with_a_worker_killed(cluster, six, tmp_path):
 
 def test_chunked_run_keeps_frames_timestamps_and_audio(cluster, tmp_path):
     clip = make_clip(str(tmp_path / "rain.mp4"), seconds=3.0)
-    whole = run_on_ray([clip], str(tmp_path / "whole"), lossless(), options=ArchiveOptions(progress=False))
-    chunked = run_on_ray([clip], str(tmp_path / "chunked"), lossless(), chunk_seconds=1.0,
-                         options=ArchiveOptions(progress=False))
+    whole = run_on_ray([clip], str(tmp_path / "whole"), lossless(), archive())
+    chunked = run_on_ray([clip], str(tmp_path / "chunked"), lossless(), archive(chunk_seconds=1.0))
     assert whole["inputs"][0]["chunks"] == 1 and chunked["inputs"][0]["chunks"] == 3
     a, b, src = probe(whole["inputs"][0]["output"]), probe(chunked["inputs"][0]["output"]), probe(clip)
     assert len(b["times"]) == len(a["times"]) == 90
@@ -152,22 +160,20 @@ def test_failed_chunk_is_reported_then_resumed(cluster, tmp_path):
     clip = make_clip(str(tmp_path / "gate.mp4"), seconds=3.0)
     out = str(tmp_path / "out")
     bad = FakeConfig(fail_on=("-00001-input",))  # the cut of chunk 1
-    first = run_on_ray([clip], out, bad, chunk_seconds=1.0, options=ArchiveOptions(progress=False, retries=1),
-                       runner=transcode)
+    first = run_on_ray([clip], out, bad, archive(chunk_seconds=1.0, retries=1), runner=transcode)
     (entry,) = first["inputs"]
     assert entry["status"] == "failed" and entry["name"] == "gate"
     assert "chunk 1" in entry["error"] and "refusing" in entry["error"]
     assert [c["attempts"] for c in first["chunks"] if c["status"] == "failed"] == [2]
     assert not os.path.exists(os.path.join(out, "gate.mp4")) and temps_under(out) == []
     # The next run, with resume, restores only the missing chunk (another config would start over).
-    again = run_on_ray([clip], out, bad, chunk_seconds=1.0, resume=True,
-                       options=ArchiveOptions(progress=False), runner=_fixed_transcode)
+    again = run_on_ray([clip], out, bad, archive(chunk_seconds=1.0, resume=True), runner=_fixed_transcode)
     assert again["inputs"][0]["status"] == "done"
     assert [c["index"] for c in again["chunks"]] == [1]
     assert probe(os.path.join(out, "gate.mp4"))["times"] == probe(clip)["times"]
     assert not os.path.exists(os.path.join(out, ".unweather-work"))
     # Finished outputs are skipped on resume.
-    third = run_on_ray([clip], out, bad, resume=True, options=ArchiveOptions(progress=False), runner=transcode)
+    third = run_on_ray([clip], out, bad, archive(resume=True), runner=transcode)
     assert third["inputs"][0]["status"] == "skipped" and third["chunks"] == []
 
 
@@ -182,8 +188,8 @@ class UnknownModelConfig:
 
 def test_engine_errors_are_reported_and_max_failed_stops_the_rest(cluster, tmp_path):
     clips = [make_clip(str(tmp_path / f"clip{i}.mp4"), seconds=0.5, audio=False) for i in range(4)]
-    stats = run_on_ray(clips, str(tmp_path / "out"), UnknownModelConfig(), max_failed=0,
-                       options=ArchiveOptions(progress=False, actors=1, retries=0), runner=transcode)
+    stats = run_on_ray(clips, str(tmp_path / "out"), UnknownModelConfig(),
+                       archive(max_failed=0, actors=1, retries=0), runner=transcode)
     totals = stats["totals"]
     assert totals["failed"] >= 1 and totals["not_run"] >= 1 and totals["done"] == 0
     assert totals["failed"] + totals["not_run"] == 4
@@ -195,8 +201,8 @@ def test_no_capacity_fails_within_the_timeout(cluster, tmp_path):
     clip = make_clip(str(tmp_path / "a.mp4"), seconds=0.5, audio=False)
     began = time.monotonic()
     with pytest.raises(UnweatherError, match="no room"):
-        run_on_ray([clip], str(tmp_path / "out"), FakeConfig(),
-                   options=ArchiveOptions(progress=False, gpus_per_actor=4, start_timeout=3), runner=transcode)
+        run_on_ray([clip], str(tmp_path / "out"), FakeConfig(), archive(gpus_per_actor=4, start_timeout=3),
+                   runner=transcode)
     assert time.monotonic() - began < 60
 
 

@@ -67,7 +67,7 @@ def test_checkpoint_safetensors_and_pth_load_the_same_weights(tmp_path):
     torch.save(net.state_dict(), tmp_path / "s.pth")
     x = torch.rand(1, 3, 32, 48)
     with torch.no_grad():
-        expected = net(x)
+        expected = net(x).clamp(0, 1)  # engines clamp to [0, 1]
     for name in ("s.safetensors", "s.pth"):
         engine = engines.open(tmp_path / name, backend="torch", device="cpu")
         torch.testing.assert_close(engine(x), expected)
@@ -84,7 +84,7 @@ def test_shipped_weights_load_when_present(weights):
     engine = engines.open("fast", backend="torch", device="cpu")
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(engine(x), net(x))
+        torch.testing.assert_close(engine(x), net(x).clamp(0, 1))
 
 
 def test_default_model_prefers_device_weights_and_warns_on_every_fallback(weights, caplog):
@@ -247,9 +247,10 @@ def test_onnxruntime_engine_from_checkpoint_and_from_its_onnx_file(tmp_path, cac
     assert isinstance(engine, OnnxRuntimeEngine) and engine.precision == "fp32"
     exported = list((cache / "onnx").glob("student_small-fp32-*.onnx"))
     assert len(exported) == 1
-    x = torch.rand(2, 3, 40, 56)  # not multiples of 16: the engine pads outside the graph
+    assert engine.pads_in_graph and engine.output_clamped  # the graph pads, crops and clamps itself
+    x = torch.rand(2, 3, 40, 56)  # not multiples of 16
     with torch.no_grad():
-        expected = PadCrop(net)(x)
+        expected = PadCrop(net)(x).clamp(0, 1)
     assert (engine(x) - expected).abs().max() < 1e-4
     again = engines.open(exported[0], device="cpu")  # auto: an ONNX file on the CPU
     assert isinstance(again, OnnxRuntimeEngine)
@@ -350,7 +351,7 @@ def test_torch_precisions_on_cpu():
     net = _student()
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
-        expected = net(x)
+        expected = net(x).clamp(0, 1)
     for precision, tol in (("bf16", 0.05), ("fp16", 0.01)):
         engine = TorchEngine(_student(), device="cpu", precision=precision)
         out = engine(x)

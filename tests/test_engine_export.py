@@ -1,28 +1,36 @@
-"""ONNX export: ONNX Runtime vs torch parity at two sizes from one file, the FP16 graph and its accuracy gate,
-and every operator of every exported graph in TensorRT's list of natively supported ONNX operators."""
+"""ONNX export: ONNX Runtime vs torch parity at any frame size from one file (the graph pads, crops and clamps
+itself), the FP16 graph and its accuracy gate, every operator of every exported graph in TensorRT's list of
+natively supported ONNX operators, and exported files readable by other users (the umask)."""
 
 from __future__ import annotations
 
 import csv
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 
 from unweather.cli import main
 from unweather.engine.export import (
+    GRAPH_FORMAT,
     ExportConfig,
     bundled_photo,
+    cached_export,
     export_onnx,
     graph_operators,
     initializer_types,
     psnr,
+    read_onnx_metadata,
     trace_graph,
 )
 from unweather.engine.onnxruntime_backend import OnnxRuntimeEngine
+from unweather.engine.torch_backend import TorchEngine
 from unweather.errors import UnweatherError
 from unweather.models import PadCrop, build
 
@@ -86,10 +94,60 @@ def test_onnxruntime_matches_torch_fp32_at_two_sizes_from_one_file(exports, name
     for size in ((64, 64), (48, 80)):
         x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(sum(size)))
         with torch.no_grad():
-            expected = PadCrop(net)(x)
+            expected = PadCrop(net)(x).clamp(0, 1)
         diff = float((engine(x) - expected).abs().max())
         print(f"{name} fp32 {size[0]}x{size[1]}: max |ORT - torch| = {diff:.2e}")
         assert diff < 1e-4
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    """The graph alone in ONNX Runtime, as another program would run it (no unweather Engine around it)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 4
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+# 16:9 frames that are no multiple of 16 (each side off by one more), small odd sizes, and multiples of 16.
+PARITY_SIZES = {"student_small": [(360, 640), (362, 642), (33, 47), (64, 96), (1080, 1920)],
+                "student_base": [(360, 640), (362, 642), (33, 47), (64, 96)],
+                "msbdn": [(33, 47), (20, 40), (64, 96)]}  # min_size 32: 20 rows are padded to 32
+
+
+@pytest.mark.parametrize("name", [*STUDENTS, "msbdn"])
+def test_the_graph_alone_takes_any_frame_size_and_matches_the_torch_engine(exports, name):
+    net, path = exports.get(name, "fp32")
+    meta = read_onnx_metadata(path)
+    assert meta["unweather.pads_in_graph"] == "reflect" and meta["unweather.graph_format"] == str(GRAPH_FORMAT)
+    assert meta["unweather.min_frame_side"] == ("17" if name == "msbdn" else "9") and meta["unweather.clamped"]
+    session = _session(path)
+    torch_engine = TorchEngine(net)
+    for h, w in PARITY_SIZES[name]:
+        x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(h * w))
+        expected = torch_engine(x)
+        got = session.run(["restored"], {"frames": x.numpy()})[0]
+        assert got.shape == tuple(x.shape)
+        diff = float(np.abs(got - expected.numpy()).max())
+        print(f"{name} fp32 graph alone {w}x{h}: max |ORT - torch engine| = {diff:.2e}")
+        assert diff < 1e-3
+
+
+def test_the_engine_pads_only_frames_too_small_for_the_graph(exports):
+    net, path = exports.get("student_small", "fp32")
+    engine = OnnxRuntimeEngine(path, threads=1)
+    assert engine.pads_in_graph and engine.output_clamped
+    seen: list[tuple[int, ...]] = []
+    infer = engine.infer
+    engine.infer = lambda frames: (seen.append(tuple(frames.shape)), infer(frames))[1]
+    torch_engine = TorchEngine(net)
+    for h, w in ((33, 47), (9, 9), (8, 40), (5, 7), (1, 1)):
+        x = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(h + w))
+        assert float((engine(x) - torch_engine(x)).abs().max()) < 1e-3
+    # Frames the graph's single reflection covers go in as they are (no padding twice); 8 rows need 8 more,
+    # which one reflection of 8 rows cannot give, so those frames are padded to 16 before the graph.
+    assert seen == [(2, 3, 33, 47), (2, 3, 9, 9), (2, 3, 16, 48), (2, 3, 16, 16), (2, 3, 16, 16)]
+    with pytest.raises(Exception, match="Pad reflect"):
+        _session(path).run(["restored"], {"frames": np.zeros((1, 3, 8, 40), np.float32)})
 
 
 @pytest.mark.parametrize("name", STUDENTS)
@@ -111,6 +169,13 @@ def test_fp16_graph_has_fp16_weights_fp32_io_and_passes_40_db_on_the_photo(expor
     assert value >= 40.0
     # Not trivially equal either: FP16 arithmetic leaves a visible trace.
     assert float((out - expected).abs().max()) > 0
+    # The fp16 graph pads, crops and clamps too: alone, at a size that is no multiple of 16.
+    odd = photo[..., :250, :243]
+    got = _session(path).run(["restored"], {"frames": odd.numpy()})[0]
+    assert got.shape == tuple(odd.shape) and got.min() >= 0 and got.max() <= 1
+    value = psnr(got, TorchEngine(net)(odd).numpy())
+    print(f"{name} fp16 graph alone at 243x250 vs the torch fp32 engine: {value:.2f} dB")
+    assert value >= 40.0
 
 
 @pytest.mark.parametrize("name, precision", [(n, p) for n in (*STUDENTS, "msbdn") for p in ("fp32", "fp16")])
@@ -125,6 +190,11 @@ def test_every_exported_operator_is_native_in_tensorrt(exports, name, precision)
     assert opset in TRT_OPSETS, f"opset {opset} is outside what TensorRT 10.0's parser takes"
     assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}, "custom domains need plugins"
     model = onnx.shape_inference.infer_shapes(model)
+    # The padding in front of the network, the crop and the clamp behind it are in the list too.
+    assert {"Pad", "Slice", "Clip"} <= set(graph_operators(model))
+    pads = [n for n in model.graph.node if n.op_type == "Pad" and n.name.startswith("unweather_")]
+    assert [onnx.helper.get_attribute_value(a) for a in pads[0].attribute if a.name == "mode"] == [b"reflect"]
+    assert model.graph.node[-1].op_type == "Clip" and model.graph.node[-1].output[0] == "restored"
     if precision == "fp16":
         assert "float" not in initializer_types(model), "an fp16 graph stores fp32 weights"
     missing = [op for op in graph_operators(model) if op not in supported]
@@ -222,3 +292,111 @@ def test_export_options_are_checked(tmp_path):
         export_onnx(_Overflowing(), tmp_path / "a.onnx", ExportConfig(precision="fp16", keep_fp32=("nothing*",)))
     with pytest.raises(UnweatherError, match="not found"):
         export_onnx(net, tmp_path / "a.onnx", ExportConfig(precision="fp16", calibration_frames=tmp_path / "none"))
+
+
+# ---- outputs clamped to [0, 1] by every backend ----------------------------------------------------------
+
+
+class _Amplifier(nn.Module):
+    """3x - 1: values from -1 to 2 for frames in [0, 1], so only a clamp keeps the output in range."""
+
+    pad_multiple = 16
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+        with torch.no_grad():
+            self.conv.weight.copy_(3 * torch.eye(3)[:, :, None, None])
+            self.conv.bias.fill_(-1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def _saturated(h: int = 40, w: int = 50) -> torch.Tensor:
+    """A frame of only black and white pixels (and a grey band): the extremes a network overshoots on."""
+    x = (torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    x[..., :4, :] = 0.5
+    return x
+
+
+def test_every_backend_clamps_its_output_to_0_1(tmp_path):
+    net = _Amplifier().eval()
+    x = _saturated()
+    with torch.no_grad():
+        raw = PadCrop(net)(x)
+    assert float(raw.min()) < -0.9 and float(raw.max()) > 1.9  # without a clamp the output leaves [0, 1]
+    path = tmp_path / "amplifier.onnx"
+    export_onnx(net, path)
+    outputs = {
+        "torch engine": TorchEngine(net)(x),
+        "onnxruntime engine": OnnxRuntimeEngine(path, threads=1)(x),
+        "graph alone": torch.from_numpy(_session(path).run(["restored"], {"frames": x.numpy()})[0]),
+    }
+    for name, out in outputs.items():
+        assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0, name
+        torch.testing.assert_close(out, raw.clamp(0, 1), atol=1e-6, rtol=0, msg=name)
+
+
+def test_a_graph_made_elsewhere_is_clamped_by_the_engine(tmp_path):
+    from onnx import TensorProto, helper
+
+    # 3x - 1, without our metadata: the engine pads and clamps around it.
+    three = helper.make_tensor("three", TensorProto.FLOAT, [], [3.0])
+    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
+    nodes = [helper.make_node("Mul", ["frames", "three"], ["scaled"]), helper.make_node("Sub", ["scaled", "one"],
+                                                                                         ["restored"])]
+    shape = ["N", 3, "H", "W"]
+    graph = helper.make_graph(nodes, "amplifier", [helper.make_tensor_value_info("frames", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("restored", TensorProto.FLOAT, shape)],
+                              initializer=[three, one])
+    path = tmp_path / "elsewhere.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    engine = OnnxRuntimeEngine(path, threads=1)
+    assert not engine.pads_in_graph and not engine.output_clamped
+    out = engine(_saturated())
+    assert float(out.min()) == 0.0 and float(out.max()) == 1.0
+
+
+def test_the_torch_engine_clamps_without_touching_the_callers_frames():
+    engine = TorchEngine(build("identity"))  # the network hands back its input tensor
+    x = torch.full((1, 3, 16, 16), 1.5)
+    x[..., :8, :] = -0.5
+    out = engine(x)
+    assert float(out.min()) == 0.0 and float(out.max()) == 1.0
+    assert float(x.max()) == 1.5 and float(x.min()) == -0.5
+
+
+# ---- files: permissions and the export cache -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_exported_graphs_get_the_permissions_of_an_ordinary_new_file(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        export_onnx(build("identity"), tmp_path / "identity.onnx")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "identity.onnx").stat().st_mode) == mode
+    assert [p.name for p in tmp_path.iterdir()] == ["identity.onnx"]  # the temporary file is gone
+
+
+def test_a_failed_export_leaves_no_file(tmp_path):
+    with pytest.raises(UnweatherError, match="NaN/Inf"):
+        export_onnx(_Overflowing(), tmp_path / "o.onnx", ExportConfig(precision="fp16"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cached_exports_are_keyed_by_the_graph_format(tmp_path):
+    from unweather.engine.sources import network_digest
+
+    net = build("identity")
+    # A graph at the name the previous layout (padded frames only) was cached under is never picked up.
+    stale = tmp_path / "onnx" / f"identity-fp32-opset18-{network_digest(net)[:16]}.onnx"
+    stale.parent.mkdir()
+    stale.write_bytes(b"an old graph")
+    path = cached_export(net, "fp32", tmp_path)
+    assert path != stale and f"-g{GRAPH_FORMAT}-" in path.name
+    assert read_onnx_metadata(path)["unweather.graph_format"] == str(GRAPH_FORMAT)
+    assert stale.read_bytes() == b"an old graph"
+    assert cached_export(net, "fp32", tmp_path) == path

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import logging
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,7 @@ def test_parse_shape():
 
 
 def test_check_profile_names_the_bad_shape():
+    # A graph that needs padded frames (graph format 1): padded sizes, multiples of 16.
     check_profile(Profile(), multiple=16)
     with pytest.raises(UnweatherError, match=r"--opt-shape 1x3x720x1270: the width must be a multiple of 16"):
         check_profile(Profile(opt=(1, 3, 720, 1270)), multiple=16)
@@ -112,12 +114,55 @@ def test_check_profile_names_the_bad_shape():
         check_profile(Profile(min=(1, 3, 16, 16)), multiple=16, min_size=32)
 
 
+def test_profiles_of_graphs_that_pad_themselves_are_frame_sizes():
+    frames = Profile(min=(1, 3, 9, 9), opt=(1, 3, 360, 640), max=(4, 3, 1080, 1920))
+    check_profile(frames, multiple=16, pads_in_graph=True)
+    check_profile(Profile(), multiple=16, pads_in_graph=True)
+    with pytest.raises(UnweatherError, match=r"--min-shape 1x3x9x9: the height must be a multiple of 16"):
+        check_profile(frames, multiple=16)  # the same sizes for a graph that takes padded frames only
+    with pytest.raises(UnweatherError, match=r"--opt-shape 1x3x360x640: the height must be a multiple of 16"):
+        check_profile(Profile(opt=(1, 3, 360, 640)), multiple=16)
+    # One reflection pads 9 rows to 16, not 8: smaller frames are padded before the engine.
+    with pytest.raises(UnweatherError, match=r"--min-shape 1x3x8x64: the height must be at least 9"):
+        check_profile(Profile(min=(1, 3, 8, 64)), multiple=16, pads_in_graph=True)
+    with pytest.raises(UnweatherError, match=r"--min-shape 1x3x64x16: the width must be at least 17"):
+        check_profile(Profile(min=(1, 3, 64, 16)), multiple=16, min_size=32, pads_in_graph=True)
+    with pytest.raises(UnweatherError, match=r"the height must satisfy min <= opt <= max"):
+        check_profile(Profile(opt=(1, 3, 1081, 1920), max=(1, 3, 1080, 1920)), multiple=16, pads_in_graph=True)
+
+
+def test_the_profile_rules_follow_the_graphs_metadata(tmp_path):
+    import onnx
+
+    from unweather.engine.export import export_onnx
+    from unweather.engine.tensorrt_build import check_graph_profile
+    from unweather.models import build
+
+    path = tmp_path / "identity.onnx"
+    export_onnx(build("identity"), path)
+    frames = Profile(min=(1, 3, 9, 9), opt=(1, 3, 1080, 1920), max=(2, 3, 1080, 1920))
+    assert check_graph_profile(path, frames) == {"pad_multiple": 16, "min_size": 1, "pads_in_graph": True,
+                                                 "clamped": True}
+    # The same graph with the metadata of the previous layout: padded sizes only.
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key in ("unweather.pad_multiple", "unweather.min_size")]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(path))
+    with pytest.raises(UnweatherError, match=r"--min-shape 1x3x9x9: the height must be a multiple of 16"):
+        check_graph_profile(path, frames)
+    assert check_graph_profile(path, Profile())["pads_in_graph"] is False
+
+
 def test_an_input_outside_the_profile_is_a_clear_error():
     low, high = (1, 3, 64, 64), (4, 3, 1088, 1920)
     assert profile_error((1, 3, 720, 1280), low, high) is None
     error = profile_error((1, 3, 2160, 3840), low, high)
     assert isinstance(error, UnweatherError)
     assert "height 2160 is outside 64..1088" in str(error) and "--max-shape" in str(error) and "--tile" in str(error)
+    assert "(after padding)" in str(error)
+    error = profile_error((1, 3, 2160, 3840), low, high, padded=False)  # an engine that pads itself
+    assert str(error).startswith("frames 1x3x2160x3840 does not fit") and "after padding" not in str(error)
     assert "batch 8 is outside 1..4" in str(profile_error((8, 3, 720, 1280), low, high))
     assert "rank 3" in str(profile_error((3, 720, 1280), low, high))
 
@@ -127,11 +172,18 @@ def test_an_input_outside_the_profile_is_a_clear_error():
 
 def test_write_atomic_leaves_no_partial_file(tmp_path):
     target = tmp_path / "sub" / "engine.plan"
-    write_atomic(target, b"first")
-    with pytest.raises(TypeError):
-        write_atomic(target, "not bytes")  # type: ignore[arg-type]
+    old = os.umask(0o022)
+    try:
+        write_atomic(target, b"first")
+        with pytest.raises(TypeError):
+            write_atomic(target, "not bytes")  # type: ignore[arg-type]
+        write_engine(tmp_path / "sub" / "other.plan", b"engine", {"key": "k"})
+    finally:
+        os.umask(old)
     assert target.read_bytes() == b"first"
-    assert [p.name for p in target.parent.iterdir()] == ["engine.plan"]
+    # Engines, sidecars and timing caches can be read by a service running as another user.
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in target.parent.iterdir()} == {
+        "engine.plan": 0o644, "other.plan": 0o644, "other.plan.json": 0o644}
 
 
 def test_rebuild_reason_accepts_only_an_intact_engine_built_for_this_machine(tmp_path):
@@ -259,11 +311,12 @@ def test_built_engine_matches_torch_and_checks_its_profile(graphs, tmp_path, pre
     plan = tmp_path / f"student_small-{precision}.plan"
     meta = build_engine(paths[precision], plan, _SMALL)
     assert meta["precision"] == precision and read_sidecar(plan)["plan_size"] == plan.stat().st_size
+    assert meta["pads_in_graph"] and meta["clamped"]  # the profile is in frame sizes
     engine = engines.open(plan)
     assert (engine.backend, engine.precision) == ("tensorrt", precision)
-    x = torch.rand(2, 3, 50, 90, device="cuda")
+    x = torch.rand(2, 3, 50, 90, device="cuda")  # frames of no multiple of 16: the engine pads them itself
     with torch.no_grad():
-        expected = PadCrop(net.cuda())(x)
+        expected = PadCrop(net.cuda())(x).clamp(0, 1)
     out = engine(x)
     assert out.shape == x.shape and out.dtype == torch.float32
     assert float((out - expected).abs().max()) < tolerance

@@ -2,7 +2,9 @@
 
 Each area of the package owns its subcommands in a small `cli` module with a
 `register(subparsers)` function; handlers import heavy libraries only when they run,
-so `unweather --help` stays fast.
+so `unweather --help` stays fast. What joins two areas is wired here, above both: `run --ray`
+(the pipeline of `unweather.stream`, scaled out by `unweather.cluster`) and `eval` (an engine scored
+with training's metrics, `unweather.eval_cli`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ COMMAND_MODULES = (
     "unweather.models.cli",
     "unweather.engine.cli",
     "unweather.training.cli",
+    "unweather.eval_cli",
     "unweather.training.train_cli",
     "unweather.bench.cli",
     "unweather.demo",
@@ -41,7 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    _wire_ray(subparsers.choices["run"])
     return parser
+
+
+def _wire_ray(run: argparse.ArgumentParser) -> None:
+    """Give `run` the Ray options and a handler that runs on this machine, or on Ray with `--ray`."""
+    from unweather.cluster.cli import add_ray_arguments, handle_run
+
+    add_ray_arguments(run)
+    run.set_defaults(func=handle_run)
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -105,11 +105,13 @@ def _read_video(path: Path) -> list:
 
 
 def _psnr(frames: list, reference: list) -> float:
+    """Mean PSNR over frames (8-bit RGB), with the package's one PSNR (`unweather.training.metrics.psnr`)."""
     import numpy as np
 
-    mse = np.mean([np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-                   for a, b in zip(frames, reference, strict=False)])
-    return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))
+    from unweather.training.metrics import psnr
+
+    n = min(len(frames), len(reference))
+    return float(psnr(np.stack(frames[:n]), np.stack(reference[:n]), data_range=255.0))
 
 
 def _label(image, text: str):

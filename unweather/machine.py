@@ -14,9 +14,10 @@ import math
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from unweather.fileio import write_text_atomic
 
 # Distribution names whose versions every results file records, when installed.
 LIBRARIES = ("unweather", "torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "av", "numpy",
@@ -167,20 +168,12 @@ def save_results(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
     """Write `payload` as a JSON results file at `path` and return the path.
 
     A payload without a "machine" entry gets `machine_info()`. The file is written to a temporary
-    name and renamed, so an interrupted run never leaves half a results file.
+    name and renamed, so an interrupted run never leaves half a results file; it gets the
+    permissions of an ordinary new file (0o666 less the umask).
     """
     path = Path(path)
     data = dict(payload)
     if "machine" not in data:
         data["machine"] = machine_info()
     text = json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, text)

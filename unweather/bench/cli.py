@@ -163,17 +163,21 @@ def handle(args: argparse.Namespace) -> int:
         save_results(args.json, payload)
         logger.info("results written to %s", args.json)
     if args.markdown:
-        from pathlib import Path
+        from unweather.fileio import write_text_atomic
 
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(report)
+        write_text_atomic(args.markdown, report)
         logger.info("table written to %s", args.markdown)
     if args.plot:
         write_plot(payload, args.plot)
         logger.info("plot written to %s", args.plot)
     if payload.get("interrupted"):
         return 130
-    ok = sum(r["status"] == "ok" for r in payload["results"])
+    results = payload["results"]
+    ok = sum(r["status"] == "ok" for r in results)
+    failed = sum(r["status"] == "failed" or (r.get("pipeline") or {}).get("status") == "failed"
+                 or (r.get("live") or {}).get("status") == "failed" for r in results)
     if not ok:
         logger.error("no combination could be measured here (the reasons are listed above)")
-    return 0 if ok else 1
+    elif failed:
+        logger.error("%d combination(s) failed with an error (listed above as failed)", failed)
+    return 0 if ok and not failed else 1

@@ -73,8 +73,13 @@ def loaded(payload: dict[str, Any]) -> bool:
     return share.get("others_pct", 0.0) > LOADED_OTHERS_PCT
 
 
+# How a status that is not "ok" reads in the table: a skip is no fault, a failure is an error to look into.
+STATUS_WORDS = {"skipped": "skipped (not applicable here)", "failed": "failed (error)"}
+
+
 def markdown_table(payload: dict[str, Any]) -> str:
-    """The results as a markdown table, then the skipped combinations with their reasons."""
+    """The results as a markdown table, then the skipped combinations (not applicable here) and the
+    failed ones (errors), each with its reason."""
     rows = payload["results"]
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     for row in rows:
@@ -83,13 +88,13 @@ def markdown_table(payload: dict[str, Any]) -> str:
     others = [r for r in rows if r["status"] != "ok"]
     if others:
         lines.append("")
-        for row in others:
-            lines.append(f"- {row['status']}: {row['model']} {row['backend_label']} {row['precision']} "
-                         f"{row['resolution']} batch {row['batch']}: {row['reason']}")
-    pipe_reasons = {r["pipeline"]["reason"] for r in rows
+        for row in sorted(others, key=lambda r: r["status"] != "failed"):
+            lines.append(f"- {STATUS_WORDS.get(row['status'], row['status'])}: {row['model']} {row['backend_label']} "
+                         f"{row['precision']} {row['resolution']} batch {row['batch']}: {row['reason']}")
+    pipe_reasons = {(r["pipeline"]["status"], r["pipeline"]["reason"]) for r in rows
                     if r["status"] == "ok" and r.get("pipeline") and r["pipeline"].get("status") != "ok"}
-    for reason in sorted(pipe_reasons):
-        lines.append(f"- pipeline not measured: {reason}")
+    for status, reason in sorted(pipe_reasons):
+        lines.append(f"- pipeline {STATUS_WORDS.get(status, status)}: {reason}")
     lines += live_table(rows)
     return "\n".join(lines) + "\n"
 

@@ -119,23 +119,25 @@ def _split_device(combo: Combination, device: torch.device) -> tuple[torch.devic
 
 
 def tensorrt_profile(combo: Combination) -> dict[str, str]:
-    """A TensorRT optimisation profile tuned for the combination's (padded) shape.
+    """A TensorRT optimisation profile tuned for the combination's frames.
 
     TensorRT picks its kernels for the profile's "opt" shape, so each resolution and batch gets
     an engine built for exactly its frames; the range around it stays as wide as the defaults.
+    Graphs exported by unweather pad frames themselves, so the profile is in frame sizes; an ONNX
+    file of the earlier layout (padding outside the graph) gets the padded sizes it runs at.
     """
-    from unweather import models
+    from pathlib import Path
 
-    multiple, min_size = 16, 1
-    if combo.model.model in models.names():
-        net = models.build(combo.model.model)
-        multiple = int(getattr(net, "pad_multiple", 16))
-        min_size = int(getattr(net, "min_size", 1))
+    h, w, b = combo.resolution.height, combo.resolution.width, combo.batch
+    model = combo.model.model
+    if model.lower().endswith(".onnx") and Path(model).is_file():
+        from unweather.engine.export import read_onnx_metadata
+        from unweather.models.padding import padded_size
 
-    def padded(size: int) -> int:
-        return max(min_size, -(-size // multiple) * multiple)
-
-    h, w, b = padded(combo.resolution.height), padded(combo.resolution.width), combo.batch
+        meta = read_onnx_metadata(model)
+        if "unweather.pad_multiple" in meta and meta.get("unweather.pads_in_graph") != "reflect":
+            multiple, min_size = int(meta["unweather.pad_multiple"]), int(meta.get("unweather.min_size", 1))
+            h, w = padded_size(h, multiple, min_size), padded_size(w, multiple, min_size)
     return {"opt_shape": f"{b}x3x{h}x{w}",
             "max_shape": f"{max(b, 4)}x3x{max(h, 1088)}x{max(w, 1920)}"}
 
@@ -166,18 +168,22 @@ def _first_line(exc: BaseException) -> str:
     return redact(message[:300])
 
 
-def classify_failure(exc: BaseException, combo: Combination) -> tuple[str, str]:
+def classify_failure(exc: BaseException, combo: Combination, opening: bool = False) -> tuple[str, str]:
     """Return ("skipped" | "failed", reason) for an exception raised while measuring `combo`.
 
-    Conditions of the machine or the backend (out of memory, a missing library, an operator or
-    precision the backend lacks, a refusal by the engine) are skips; anything else is a failure,
-    reported with its type so that it can be looked into.
+    "skipped" means not applicable here: a condition of the machine or the backend (out of memory, a
+    missing library, an operator or precision the backend lacks, a first call slower than allowed,
+    or, while the engine is being opened (`opening`), its refusal of what it cannot honour here).
+    Anything else is "failed", an error to look into: an engine that opened and then raised, a
+    pipeline that broke, with the exception's type unless it is one of ours.
     """
     message = _first_line(exc)
     if isinstance(exc, torch.OutOfMemoryError):
         return "skipped", f"out of memory: {message}"
-    if isinstance(exc, UnweatherError):
+    if isinstance(exc, TooSlowError):
         return "skipped", message
+    if isinstance(exc, UnweatherError):
+        return ("skipped" if opening else "failed"), message
     if isinstance(exc, ImportError):
         return "skipped", f"missing library: {message}"
     if isinstance(exc, NotImplementedError) or type(exc).__name__ == "NotImplemented":
@@ -455,6 +461,13 @@ def run_combination(combo: Combination, frames: torch.Tensor, clip: Path, config
     if reason:
         row.update(status="skipped", reason=reason)
         return row
+    try:
+        from unweather.engine.sources import resolve
+
+        resolve(combo.model.model)
+    except UnweatherError as exc:  # a model that is nowhere is a mistake, not something this machine lacks
+        row.update(status="failed", reason=_first_line(exc))
+        return row
     engine = None
     row["load_average_start"] = load_average()
     sampler = ResourceSampler(combo_device, config.sample_interval_s)
@@ -464,7 +477,13 @@ def run_combination(combo: Combination, frames: torch.Tensor, clip: Path, config
             if combo.backend.name == "tensorrt":
                 options = {**tensorrt_profile(combo), **options}
                 row["options"] = options
-            engine = _open_engine(combo, combo_device, options)
+            try:
+                engine = _open_engine(combo, combo_device, options)
+            except Exception as exc:  # a backend that cannot serve this combination here: a skip
+                status, reason = classify_failure(exc, combo, opening=True)
+                logger.debug("%s: %s", combo.label, reason, exc_info=True)
+                row.update(status=status, reason=reason)
+                return row
             row["open_s"] = time.perf_counter() - start
             row["engine_device"] = str(engine.device)
             batches = make_batches(frames, combo.batch, engine.device)

@@ -24,7 +24,9 @@ PART_MARK = ".part"
 def temp_path(final: str) -> str:
     """A unique temporary name beside `final` that keeps its extension (the muxer is chosen by it).
 
-    The name carries the host and pid of the writer, so leftovers of a killed worker can be traced.
+    The name carries the host and pid of the writer, so leftovers of a killed worker can be traced,
+    and a mark `remove_temps` finds them by: a worker killed by Ray never runs the cleanup that
+    `unweather.fileio` (the package's atomic writes for everything else) relies on.
     """
     folder, name = os.path.split(final)
     stem, ext = os.path.splitext(name)
@@ -40,7 +42,11 @@ def is_temp(name: str) -> bool:
 
 
 def publish(tmp: str, final: str) -> None:
-    """Make a completely written `tmp` visible as `final` in one step (same folder, atomic rename)."""
+    """Make a completely written `tmp` visible as `final` in one step (same folder, atomic rename).
+
+    Flushed to the disk first: chunks live on storage other nodes read (NFS), where a rename can
+    otherwise become visible before the data.
+    """
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, final)

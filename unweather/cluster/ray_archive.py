@@ -1,8 +1,10 @@
 """Restore video archives on a Ray cluster: chunks through a pool of restorer actors, exactly once.
 
-Ray Data carries only chunk descriptions (paths and packet ranges); each actor builds one engine and
-runs the whole decode -> infer -> encode pipeline on its chunk with `unweather.stream.run`, so frames
-never travel through Ray's object store. Inputs, the output folder and its working folder must be on a
+Only chunk descriptions (paths and packet ranges) travel to the actors; each actor builds one engine
+and runs the whole decode -> infer -> encode pipeline on its chunk with `unweather.stream.run`, so
+frames never travel through Ray's object store. The actors are plain restartable Ray actors whose
+constructor arguments are small and passed inline (never an object-store reference that a restart
+could lose), each given one chunk at a time. Inputs, the output folder and its working folder must be on a
 file system every node sees (NFS, a shared disk), as with any Ray job that reads and writes files.
 
 Exactly once: every chunk and every output is written under a temporary name and renamed when
@@ -12,6 +14,8 @@ the end. Finished chunks stay in the working folder until their input is joined,
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -21,16 +25,16 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from unweather.cluster.chunks import count_video_packets, cut, join, publish, remove_temps, temp_path
 from unweather.cluster.planner import Chunk, InputPlan, plan_input
 from unweather.cluster.ray_connect import require_ray
-from unweather.cluster.sources import Source, apply_options, output_path
 from unweather.errors import UnweatherError
 from unweather.redact import redact
+from unweather.sources_file import Source, apply_options, output_path
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +86,14 @@ def default_runner() -> Runner:
     return run
 
 
+def worker_config(config: Any) -> Any:
+    """`config` as a worker runs it: no stats file of its own and no progress bar (the driver has those)."""
+    names = {f.name for f in dataclasses.fields(config)} if dataclasses.is_dataclass(config) else set()
+    if {"stats_path", "progress"} <= names:
+        return dataclasses.replace(config, stats_path=None, progress=False)
+    return config
+
+
 def open_engine(config: Any):
     """Build the engine a config asks for (once per actor): `unweather.stream.open_engine` for a
     RunConfig; for another config, `unweather.engine.open` with its model/backend/precision/device."""
@@ -101,10 +113,6 @@ def config_digest(config: Any) -> str:
     return hashlib.sha1(json.dumps(data, sort_keys=True, default=repr).encode()).hexdigest()[:8]
 
 
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
-
-
 def _torch_threads() -> int:
     # Ray sets OMP_NUM_THREADS to the actor's CPU count (1 when it asks for none): worth seeing in stats.
     import torch
@@ -113,7 +121,7 @@ def _torch_threads() -> int:
 
 
 class ChunkRestorer:
-    """A Ray Data actor: one engine, built once, restoring one chunk per call."""
+    """A restorer actor's body: one engine, built once, restoring one chunk per call."""
 
     def __init__(self, config: Any, runner: Runner | None = None, retries: int = 2,
                  chunk_timeout: float = 6 * 3600.0) -> None:
@@ -125,10 +133,7 @@ class ChunkRestorer:
                       "gpus": ",".join(str(g) for g in ray.get_gpu_ids()),
                       "threads": _torch_threads()}
         # Chunks must not each write the run's stats file or draw a progress bar.
-        if dataclasses.is_dataclass(config) and {"stats_path", "progress"} <= {
-                f.name for f in dataclasses.fields(config)}:
-            config = dataclasses.replace(config, stats_path=None, progress=False)
-        self.config = config
+        self.config = config = worker_config(config)
         self.runner = runner or default_runner()
         self.retries = retries
         self.chunk_timeout = chunk_timeout
@@ -139,10 +144,9 @@ class ChunkRestorer:
         except Exception as exc:  # noqa: BLE001 - reported per chunk: a dead actor would be retried forever
             self.engine_error = f"cannot build the engine: {type(exc).__name__}: {redact(str(exc))}"
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        n = len(next(iter(batch.values())))
-        results = [self.restore({k: _plain(v[i]) for k, v in batch.items()}) for i in range(n)]
-        return {k: [r[k] for r in results] for k in results[0]}
+    def ready(self) -> dict[str, Any]:
+        """Where this actor runs, once it is placed and its engine is built."""
+        return self.where
 
     def restore(self, row: dict[str, Any]) -> dict[str, Any]:
         """Restore one chunk into `row["chunk_path"]`; never raises (errors are returned)."""
@@ -247,8 +251,8 @@ def run_archive(sources: Sequence[Source], output_dir: str, config: Any = None,
         runner: the pipeline run on each chunk (default `unweather.stream.run`).
 
     Returns:
-        Stats: per input (output, status, frames, error), per chunk (node, worker, pid, seconds,
-        attempts, error) and totals.
+        Stats: per input (output, status, frames, error, the nodes and workers that restored it), per
+        chunk (node, worker, pid, seconds, attempts, error) and totals.
     """
     ray = require_ray()
     options = options or ArchiveOptions()
@@ -301,27 +305,29 @@ def run_archive(sources: Sequence[Source], output_dir: str, config: Any = None,
                 break
             actors, share, cpu_share = _pool_shape(options, resources, len(rows))
             pool = {"actors": actors, "gpus_per_actor": share, "cpus_per_actor": cpu_share}
-            for result in _execute(ray, rows, by_name[rows[0]["name"]].config, runner, options, actors,
-                                   share, cpu_share):
-                chunk_stats.append({"input": redact(by_name[result["name"]].source.input), **result})
-                job = by_name[result["name"]]
-                bar.update(1)
-                if result["status"] == "done":
-                    frames_done += result["frames"]
-                    job.done.add(result["index"])
-                    if len(job.done) == len(job.plan.chunks) and job.status == "pending":
-                        _finish(job, options)
-                elif job.status == "pending":
-                    job.status = "failed"
-                    job.error = f"chunk {result['index']}: {result['error']}"
-                    log.error("%s failed: %s", job.source.name, job.error)
-                if job.status == "failed" and result["status"] == "failed":
-                    failed = sum(1 for j in jobs if j.status == "failed")
-                    if options.max_failed is not None and failed > options.max_failed:
-                        log.error("more than %d input(s) failed: stopping", options.max_failed)
-                        stopped = True
-                        break
-                bar.set_postfix_str(f"frames {frames_done}/{total_frames}")
+            results = contextlib.closing(_execute(ray, rows, by_name[rows[0]["name"]].config, runner, options,
+                                                  actors, share, cpu_share))
+            with results as chunk_results:
+                for result in chunk_results:
+                    chunk_stats.append({"input": redact(by_name[result["name"]].source.input), **result})
+                    job = by_name[result["name"]]
+                    bar.update(1)
+                    if result["status"] == "done":
+                        frames_done += result["frames"]
+                        job.done.add(result["index"])
+                        if len(job.done) == len(job.plan.chunks) and job.status == "pending":
+                            _finish(job, options)
+                    elif job.status == "pending":
+                        job.status = "failed"
+                        job.error = f"chunk {result['index']}: {result['error']}"
+                        log.error("%s failed: %s", job.source.name, job.error)
+                    if job.status == "failed" and result["status"] == "failed":
+                        failed = sum(1 for j in jobs if j.status == "failed")
+                        if options.max_failed is not None and failed > options.max_failed:
+                            log.error("more than %d input(s) failed: stopping", options.max_failed)
+                            stopped = True
+                            break
+                    bar.set_postfix_str(f"frames {frames_done}/{total_frames}")
         bar.close()
     for job in jobs:
         if job.status == "pending":
@@ -343,7 +349,8 @@ def run_archive(sources: Sequence[Source], output_dir: str, config: Any = None,
         "pool": pool,
         "inputs": [{"name": job.source.name, "input": redact(job.source.input), "output": job.output,
                     "status": job.status, "frames": job.frames, "audio_packets": job.audio_packets,
-                    "chunks": len(job.plan.chunks) if job.plan else 0, "error": job.error} for job in jobs],
+                    "chunks": len(job.plan.chunks) if job.plan else 0, "error": job.error,
+                    **_placement(c for c in chunk_stats if c["name"] == job.source.name)} for job in jobs],
         "chunks": chunk_stats,
         "totals": {"inputs": len(jobs), "done": len(ok),
                    "failed": sum(1 for j in jobs if j.status == "failed"),
@@ -355,6 +362,18 @@ def run_archive(sources: Sequence[Source], output_dir: str, config: Any = None,
                    "files_per_minute": 60.0 * len(ok) / seconds if seconds else 0.0,
                    "fps": frames / seconds if seconds else 0.0},
     }
+
+
+def _placement(chunks: Iterator[dict[str, Any]]) -> dict[str, list[str]]:
+    """The distinct nodes and workers that restored an input's chunks in this run, in order."""
+    nodes: dict[str, None] = {}
+    workers: dict[str, None] = {}
+    for chunk in chunks:
+        if chunk.get("node"):
+            nodes[chunk["node"]] = None
+        if chunk.get("worker"):
+            workers[chunk["worker"]] = None
+    return {"nodes": list(nodes), "workers": list(workers)}
 
 
 def _prepare(source: Source, output_dir: str, work_root: str, config: Any, options: ArchiveOptions) -> _Job:
@@ -389,7 +408,7 @@ def _finish(job: _Job, options: ArchiveOptions) -> None:
 
     try:
         result = join(job.plan, job.chunk_paths, job.output)
-    except (UnweatherError, av.FFmpegError, OSError) as exc:
+    except (UnweatherError, av.FFmpegError, OSError, ValueError) as exc:
         job.status, job.error = "failed", redact(str(exc))
         log.error("%s failed: %s", job.source.name, job.error)
         return
@@ -408,35 +427,43 @@ def _group_by_config(rows: list[dict], by_name: dict[str, _Job]) -> dict[str, li
 
 
 def _execute(ray, rows: list[dict], config: Any, runner: Runner | None, options: ArchiveOptions, actors: int,
-             gpus: float, cpus: float):
-    """Yield one result per chunk as the actor pool finishes them."""
-    from ray.data import ActorPoolStrategy, DataContext
+             gpus: float, cpus: float) -> Iterator[dict[str, Any]]:
+    """Yield one result per chunk as the actor pool finishes them.
 
-    ctx = DataContext.get_current()
-    ctx.wait_for_min_actors_s = int(max(1, options.start_timeout))
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    # Chunks go out one per block, so each actor call gets exactly one.
-    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    ds = ds.map_batches(ChunkRestorer, batch_size=1, batch_format="numpy",
-                        compute=ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
-                        num_gpus=gpus or None, num_cpus=cpus,
-                        fn_constructor_kwargs={"config": config, "runner": runner,
-                                               "retries": options.retries,
-                                               "chunk_timeout": options.chunk_timeout})
-    iterator = iter(ds.iter_rows())
+    Each actor gets one chunk at a time. An actor whose process or node dies is restarted by Ray and
+    its chunk run again (the chunk's temporary files make that safe); closing the generator early
+    kills the pool.
+    """
+    remote = ray.remote(ChunkRestorer).options(num_gpus=gpus, num_cpus=cpus, max_restarts=-1,
+                                               max_task_retries=-1)
+    pool = [remote.remote(config, runner, options.retries, options.chunk_timeout) for _ in range(actors)]
     try:
-        for row in iterator:
-            yield {k: _plain(v) for k, v in row.items()}
-    except ray.exceptions.GetTimeoutError as exc:
-        raise UnweatherError(f"the Ray cluster has no room for {actors} restorer actor(s) "
-                             f"({gpus:g} GPU, {cpus:g} CPU each) within {options.start_timeout:g} s") from exc
-    except ray.exceptions.RayError as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UnweatherError(f"the Ray job failed: {redact(first)}") from exc
+        starting = {actor.ready.remote(): actor for actor in pool}
+        ready, _ = ray.wait(list(starting), num_returns=len(starting), timeout=options.start_timeout)
+        idle = [starting[ref] for ref in ready]
+        if not idle:
+            raise UnweatherError(f"the Ray cluster has no room for {actors} restorer actor(s) "
+                                 f"({gpus:g} GPU, {cpus:g} CPU each) within {options.start_timeout:g} s")
+        if len(idle) < actors:
+            log.warning("only %d of %d restorer actors found room on the cluster within %g s; going on with them",
+                        len(idle), actors, options.start_timeout)
+        waiting = collections.deque(rows)
+        running: dict[Any, tuple[Any, dict]] = {}
+        while waiting or running:
+            while idle and waiting:
+                actor, row = idle.pop(), waiting.popleft()
+                running[actor.restore.remote(row)] = (actor, row)
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            actor, row = running.pop(ref)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                result = {"name": row["name"], "index": row["index"], "status": "failed", "frames": 0,
+                          "seconds": 0.0, "attempts": 0, "error": f"the Ray job failed: {redact(first)}",
+                          "node": "", "worker": "", "actor": "", "host": "", "pid": 0, "gpus": "", "threads": 0}
+            idle.append(actor)
+            yield result
     finally:
-        # Closing the generator shuts the streaming execution down when we stop early.
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            close()
+        for actor in pool:
+            ray.kill(actor, no_restart=True)

@@ -25,12 +25,13 @@ import time
 from typing import Any
 
 from unweather.cluster.chunks import count_video_packets
-from unweather.cluster.ray_archive import Runner, default_runner, open_engine
+from unweather.cluster.ray_archive import Runner, default_runner, open_engine, worker_config
 from unweather.cluster.ray_connect import require_ray
-from unweather.cluster.sources import Source, apply_options
 from unweather.engine.base import Engine
 from unweather.errors import UnweatherError
+from unweather.fileio import write_text_atomic
 from unweather.redact import redact
+from unweather.sources_file import Source, apply_options
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,8 @@ class CameraWorker:
         import ray
 
         ctx = ray.get_runtime_context()
-        self.where = {"node": ctx.get_node_id(), "pid": os.getpid(), "host": os.uname().nodename,
-                      "gpus": ",".join(str(g) for g in ray.get_gpu_ids())}
+        self.where = {"node": ctx.get_node_id(), "worker": ctx.get_worker_id(), "pid": os.getpid(),
+                      "host": os.uname().nodename, "gpus": ",".join(str(g) for g in ray.get_gpu_ids())}
         self.restarted = bool(ctx.was_current_actor_reconstructed)
         self.source = source
         self.config = config
@@ -176,12 +177,13 @@ class CameraWorker:
                 os.remove(path)
 
     def status(self) -> dict:
-        """Live status: state, frames, FPS over the last seconds, drops, segment, where it runs."""
+        """Live status: state, frames, FPS over the last seconds, drops, segment, where it runs (node and
+        worker, also as the one-entry lists `nodes` and `workers` that every input's stats have)."""
         return {"name": self.source.name, "state": self.state, "frames": self.engine.frames,
                 "fps": round(self.engine.fps(), 2), "dropped": self.dropped,
                 "segment": self.segment, "segments": len(segment_paths(self.folder, self.source.name, self.ext)),
                 "error": self.error, "restarted": self.restarted, "uptime": time.time() - self.started,
-                **self.where}
+                **self.where, "nodes": [self.where["node"]], "workers": [self.where["worker"]]}
 
     def stop(self, timeout: float = 10.0) -> dict:
         """Stop the loop (the current segment is finished) and return the last status."""
@@ -263,8 +265,8 @@ class Fleet:
             self.actors[source.name] = worker.options(
                 name=name, max_restarts=-1, max_task_retries=-1, num_gpus=gpus, num_cpus=cpus,
                 max_concurrency=2,
-            ).remote(source, apply_options(config, source.options), self.folder(source), self.runner,
-                     self.options.segment_ext, self.options.retry_seconds)
+            ).remote(source, worker_config(apply_options(config, source.options)), self.folder(source),
+                     self.runner, self.options.segment_ext, self.options.retry_seconds)
             log.info("camera %s: asked for %g GPU, %g CPU", source.name, gpus, cpus)
 
     def poll(self) -> dict[str, dict]:
@@ -362,9 +364,4 @@ class Fleet:
 def _write_json(path: str, data: dict) -> None:
     import json
 
-    from unweather.cluster.chunks import publish, temp_path
-
-    tmp = temp_path(path)
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, default=str)
-    publish(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1, default=str) + "\n")

@@ -8,7 +8,7 @@ import torch
 from typing_extensions import Self
 
 from unweather.errors import UnweatherError
-from unweather.models.padding import pad_to_multiple
+from unweather.models.padding import pad_for_graph, pad_to_multiple
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -17,8 +17,12 @@ class Engine(ABC):
     """Restores a batch of frames: (N, 3, H, W) float in [0, 1] on `device` -> the same.
 
     Subclasses implement `infer` on frames already padded to `multiple` (and to `min_size`); the
-    base class pads and crops, so every backend takes any frame size. With `set_tiling`, frames
-    larger than the tile are restored tile by tile (see `unweather.engine.tiling`).
+    base class pads and crops, so every backend takes any frame size. A backend whose graph pads
+    frames itself (`pads_in_graph`: our ONNX exports, and TensorRT engines built from them) gets
+    them as they are, padded here only when they are too small for the graph's single reflection,
+    so the result is the same. Outputs are clamped to [0, 1] (by the backend when
+    `output_clamped`, else here). With `set_tiling`, frames larger than the tile are restored tile
+    by tile (see `unweather.engine.tiling`).
 
     Attributes:
         backend: the backend's name ("torch", "onnxruntime", "tensorrt").
@@ -26,10 +30,14 @@ class Engine(ABC):
         precision: the arithmetic precision the network runs in ("fp32", "fp16", "bf16").
         multiple: the size multiple the network needs.
         min_size: the smallest height and width the network takes.
+        pads_in_graph: `infer` takes frames of any size (the graph pads and crops them itself).
+        output_clamped: `infer` already returns values in [0, 1].
         model: what the engine was opened from (a registry name or a file), for logs.
     """
 
     backend: str = ""
+    pads_in_graph: bool = False
+    output_clamped: bool = False
 
     def __init__(self, device: torch.device | str, precision: str, multiple: int, min_size: int = 1) -> None:
         if precision not in PRECISIONS:
@@ -57,8 +65,9 @@ class Engine(ABC):
 
     def _whole(self, frames: torch.Tensor) -> torch.Tensor:
         h, w = frames.shape[-2:]
-        out = self.infer(pad_to_multiple(frames, self.multiple, self.min_size))
-        return out[..., :h, :w]
+        pad = pad_for_graph if self.pads_in_graph else pad_to_multiple
+        out = self.infer(pad(frames, self.multiple, self.min_size))[..., :h, :w]
+        return out if self.output_clamped else out.clamp(0.0, 1.0)
 
     @abstractmethod
     def infer(self, frames: torch.Tensor) -> torch.Tensor:

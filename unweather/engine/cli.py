@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this area's subcommands."""
     p = subparsers.add_parser(
         "export", help="export a model to ONNX (fp32, or fp16 behind an accuracy gate)",
-        description="Export a model to ONNX with a dynamic batch, height and width, check it with the ONNX checker "
+        description="Export a model to ONNX with a dynamic batch, height and width (any frame size: the graph pads, "
+                    "crops and clamps to [0, 1] itself), check it with the ONNX checker "
                     "and compare ONNX Runtime with torch. --precision fp16 writes FP16 weights and arithmetic with "
                     "FP32 input and output, and refuses a graph below --min-psnr against torch FP32 on real frames.",
         epilog=_EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,14 +47,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b = subparsers.add_parser(
         "build", help="build a TensorRT engine from an ONNX file (needs TensorRT and a GPU)",
         description="Build a strongly typed TensorRT engine from an ONNX file exported by `unweather export`: "
-                    "the graph's precision is the engine's. Writes FILE.plan and FILE.plan.json (metadata); "
+                    "the graph's precision is the engine's, and the profile's shapes are frame sizes (the graph "
+                    "pads frames to the network's multiple itself). Writes FILE.plan and FILE.plan.json (metadata); "
                     "a timing cache beside it speeds up later builds.",
         epilog=_BUILD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("onnx", metavar="FILE.onnx", help="the ONNX graph")
     b.add_argument("-o", "--output", required=True, metavar="FILE.plan", help="the engine file to write")
-    b.add_argument("--min-shape", default=None, metavar="NxCxHxW", help="smallest input (default: 1x3x64x64)")
-    b.add_argument("--opt-shape", default=None, metavar="NxCxHxW", help="shape tuned for (default: 1x3x720x1280)")
-    b.add_argument("--max-shape", default=None, metavar="NxCxHxW", help="largest input (default: 4x3x1088x1920)")
+    b.add_argument("--min-shape", default=None, metavar="NxCxHxW",
+                   help="smallest frames, in frame sizes (the graph pads them itself; default: 1x3x64x64)")
+    b.add_argument("--opt-shape", default=None, metavar="NxCxHxW",
+                   help="frames tuned for, e.g. 1x3x1080x1920 (default: 1x3x720x1280)")
+    b.add_argument("--max-shape", default=None, metavar="NxCxHxW", help="largest frames (default: 4x3x1088x1920)")
     b.add_argument("--workspace", type=int, default=None, metavar="MB", help="builder workspace limit in MB")
     b.add_argument("--device", default="cuda", help="CUDA device to build for (default: cuda)")
     b.add_argument("--force", action="store_true", help="build even when FILE.plan is up to date for this graph, "

@@ -1,9 +1,14 @@
 """ONNX export: FP32 and FP16 graphs with named, dynamically shaped input and output, checked numerically.
 
-The graph takes "frames" (N, 3, H, W) float32 in [0, 1] and returns "restored" of the same shape.
-Batch, height and width are dynamic; height and width must be multiples of the network's
-`pad_multiple` (and at least its `min_size`): `Engine` pads outside the graph, so TensorRT
-profiles and ONNX Runtime see only sizes the network takes.
+The graph takes "frames" (N, 3, H, W) float32 in [0, 1] and returns "restored" of the same shape,
+clamped to [0, 1]. Batch, height and width are dynamic and any size: the graph pads the frames
+itself, by reflection at the bottom and right to the network's `pad_multiple` (and at least its
+`min_size`), exactly as `unweather.models.pad_to_multiple` does, runs the network and crops back
+(Shape, Gather, Mod, Sub, Add, Max, Concat, Pad in reflect mode, Slice, then Clip: operators that
+ONNX Runtime and TensorRT's parser run natively). One reflection covers sides from
+`min_single_reflect_side` up (9 pixels for a multiple of 16); `Engine` pads smaller frames before
+the graph. The metadata says so ("unweather.pads_in_graph", "unweather.min_frame_side",
+"unweather.clamped"), and TensorRT profiles are given in frame sizes.
 
 FP16 is carried by the graph itself, the way strongly typed TensorRT wants it: the network is
 exported in half precision (weights stored as FP16, arithmetic in FP16) with casts at the edges,
@@ -32,6 +37,8 @@ import torch
 from torch import nn
 
 from unweather.errors import UnweatherError
+from unweather.fileio import atomic_path
+from unweather.models.padding import min_single_reflect_side, pad_for_graph
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +52,11 @@ _MAX_CHECK_SIZE = 512
 _MAX_CALIBRATION_FRAMES = 16
 # Activations beyond this magnitude in FP32 are at risk in FP16 (max 65504, and sums grow).
 _FP16_RISK = 8192.0
+# The layout of the graphs we write: 1, padded frames in (Engine padded); 2, any frame size in, the
+# graph pads, crops and clamps. Part of the export cache's key, so no old graph is reused.
+GRAPH_FORMAT = 2
+# Names of the tensors and constants the wrapper adds around the exported network.
+_PREFIX = "unweather_"
 
 
 @dataclass
@@ -176,8 +188,8 @@ def _dynamic_shapes(multiple: int, min_size: int) -> tuple[dict[int, object]]:
         height = multiple * Dim("height_blocks", min=lo, max=8192 // multiple)
         width = multiple * Dim("width_blocks", min=lo, max=8192 // multiple)
     else:
-        height = Dim("height", min=max(2, min_size), max=8192)
-        width = Dim("width", min=max(2, min_size), max=8192)
+        height = Dim("padded_height", min=max(2, min_size), max=8192)
+        width = Dim("padded_width", min=max(2, min_size), max=8192)
     return ({0: batch, 2: height, 3: width},)
 
 
@@ -222,28 +234,34 @@ def export_onnx(net: nn.Module, path: str | os.PathLike[str], config: ExportConf
     size = _example_size(multiple, min_size)
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(path, suffix=".onnx") as tmp:
         model = _trace(base, module, tmp, config, kept)
         report = ExportReport(path=path, precision=config.precision, operators=graph_operators(model),
                               max_abs_diff=0.0, kept_fp32=kept, initializer_types=initializer_types(model))
         session = _cpu_session(tmp)
-        test = torch.rand(1, 3, size, size + multiple * max(1, 32 // multiple), generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            expected = base(test).numpy()
+        # A size the graph has to pad (when the network needs padding at all), cropped back.
+        test = torch.rand(1, 3, size + 5, size + multiple * max(1, 32 // multiple) + 3,
+                          generator=torch.Generator().manual_seed(0))
+        expected = reference_output(base, test).numpy()
         got = session.run([OUTPUT_NAME], {INPUT_NAME: test.numpy()})[0]
         report.max_abs_diff = float(np.abs(got.astype(np.float32) - expected).max())
         if config.precision == "fp16":
             frames = [("bundled photo", bundled_photo())] + calibration
             report.psnr = fp16_gate(base, session, frames, config.min_psnr, multiple, min_size, half=module)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     logger.debug("%s", report.summary())
     return report
+
+
+def reference_output(net: nn.Module, frames: torch.Tensor) -> torch.Tensor:
+    """What an exported graph computes, in torch: pad as `Engine` does, run `net`, crop, clamp to [0, 1]."""
+    from unweather.models.padding import pad_to_multiple
+
+    h, w = frames.shape[-2:]
+    multiple = int(getattr(net, "pad_multiple", 1))
+    min_size = int(getattr(net, "min_size", 1))
+    with torch.no_grad():
+        out = net(pad_to_multiple(frames, multiple, min_size))[..., :h, :w]
+    return out.clamp(0.0, 1.0)
 
 
 def _trace(base: nn.Module, module: nn.Module, path: Path, config: ExportConfig, kept: list[str]) -> object:
@@ -270,12 +288,19 @@ def _trace(base: nn.Module, module: nn.Module, path: Path, config: ExportConfig,
             log.setLevel(level)
     model = onnx.load(str(path))
     _rename_io(model)
+    wrap_pad_crop_clamp(model, multiple, min_size)
     metadata = {
         "unweather.arch": str(getattr(base, "arch", type(base).__name__)),
         "unweather.options": json.dumps(getattr(base, "arch_options", {}), sort_keys=True, default=str),
         "unweather.precision": config.precision,
         "unweather.pad_multiple": str(multiple),
         "unweather.min_size": str(min_size),
+        "unweather.graph_format": str(GRAPH_FORMAT),
+        # The graph takes frames of any size: it reflect-pads them to what the network needs, from
+        # sides of min_frame_side up (smaller frames are padded to pad_multiple before it).
+        "unweather.pads_in_graph": "reflect",
+        "unweather.min_frame_side": str(min_single_reflect_side(multiple, min_size)),
+        "unweather.clamped": "[0, 1]",
         "unweather.keep_fp32": json.dumps(kept),
         "unweather.torch": torch.__version__,
     }
@@ -309,6 +334,85 @@ def trace_graph(net: nn.Module, precision: str = "fp32", opset: int = DEFAULT_OP
         return _trace(base, module, Path(folder) / "graph.onnx", config, kept)
 
 
+def wrap_pad_crop_clamp(model: object, multiple: int, min_size: int = 1) -> None:
+    """Make an exported network's graph take any frame size and return values in [0, 1], in place.
+
+    In front of the network: the frames' height and width (Shape, Gather), the padded size
+    max(ceil(size / multiple) * multiple, padded_size(1)) (Mod, Sub, Add, Max) and a reflect Pad
+    at the bottom and right; behind it: a Slice back to the frames' size and a Clip to [0, 1].
+    A network that needs no padding (multiple 1, no minimum size) gets only the Clip. The frames'
+    dimensions are named "batch", "height" and "width" (the network's own keep theirs).
+    """
+    from onnx import helper, numpy_helper
+
+    from unweather.models.padding import padded_size
+
+    graph = model.graph
+    frames, restored = graph.input[0], graph.output[0]
+    net_in, net_out = f"{_PREFIX}padded", f"{_PREFIX}network_output"
+    smallest = padded_size(1, multiple, min_size)
+    pads = multiple > 1 or smallest > 1
+    nodes = list(graph.node)
+    for node in nodes:
+        node.input[:] = [(net_in if pads else INPUT_NAME) if n == INPUT_NAME else n for n in node.input]
+        node.input[:] = [net_out if n == OUTPUT_NAME else n for n in node.input]
+        node.output[:] = [net_out if n == OUTPUT_NAME else n for n in node.output]
+
+    def const(name: str, values: object, dtype: object = np.int64) -> str:
+        graph.initializer.append(numpy_helper.from_array(np.asarray(values, dtype=dtype), _PREFIX + name))
+        return _PREFIX + name
+
+    def node(op: str, inputs: list[str], output: str, **attrs: object) -> str:
+        name = output if output.startswith(_PREFIX) else _PREFIX + output
+        return helper.make_node(op, inputs, [output], name=name, **attrs)
+
+    head, tail = [], []
+    crop_to = None
+    if pads:
+        hw_name = _PREFIX + "frame_hw"
+        mult = const("multiple", [multiple, multiple])
+        head += [
+            node("Shape", [INPUT_NAME], _PREFIX + "frame_shape"),
+            node("Gather", [_PREFIX + "frame_shape", const("hw_axes", [2, 3])], hw_name, axis=0),
+            node("Mod", [hw_name, mult], _PREFIX + "remainder"),
+            node("Sub", [mult, _PREFIX + "remainder"], _PREFIX + "to_next"),
+            node("Mod", [_PREFIX + "to_next", mult], _PREFIX + "round_up"),
+            node("Add", [hw_name, _PREFIX + "round_up"], _PREFIX + "rounded_hw"),
+            node("Max", [_PREFIX + "rounded_hw", const("smallest", [smallest, smallest])], _PREFIX + "padded_hw"),
+            node("Sub", [_PREFIX + "padded_hw", hw_name], _PREFIX + "pad_hw"),
+            node("Concat", [const("no_pads", [0] * 6), _PREFIX + "pad_hw"], _PREFIX + "pads", axis=0),
+            node("Pad", [INPUT_NAME, _PREFIX + "pads"], net_in, mode="reflect"),
+        ]
+        crop_to = hw_name
+    out_type = restored.type.tensor_type.elem_type
+    out_dtype = helper.tensor_dtype_to_np_dtype(out_type)
+    clip_in = net_out
+    if crop_to is not None:
+        clip_in = _PREFIX + "cropped"
+        tail.append(node("Slice", [net_out, const("crop_starts", [0, 0]), crop_to, const("crop_axes", [2, 3])],
+                         clip_in))
+    tail.append(node("Clip", [clip_in, const("zero", 0.0, out_dtype), const("one", 1.0, out_dtype)], OUTPUT_NAME))
+    del graph.node[:]
+    graph.node.extend(head + nodes + tail)
+
+    # The network's own input and output keep their (padded) shapes as value_info.
+    inner = []
+    if pads:
+        inner.append(helper.make_tensor_value_info(net_in, frames.type.tensor_type.elem_type, _dims(frames)))
+    inner.append(helper.make_tensor_value_info(net_out, out_type, _dims(restored)))
+    graph.value_info.extend(inner)
+    for value in (frames, restored):
+        dims = value.type.tensor_type.shape.dim
+        for dim, label in zip(dims, ("batch", None, "height", "width")):
+            if label is not None:
+                dim.Clear()
+                dim.dim_param = label
+
+
+def _dims(value: object) -> list[object]:
+    return [d.dim_param or (d.dim_value if d.HasField("dim_value") else None) for d in value.type.tensor_type.shape.dim]
+
+
 def _rename_io(model: object) -> None:
     # The dynamo exporter honours input_names; make sure both names are exact whatever it did.
     graph = model.graph
@@ -339,11 +443,14 @@ def graph_operators(model: object) -> list[str]:
 
 
 def initializer_types(model: object) -> dict[str, int]:
-    """How many stored weight tensors (initializers and Constant nodes with >1 element) each data type has."""
+    """How many stored weight tensors (initializers and Constant nodes with >1 element) each data type has.
+
+    The index constants of the padding and cropping around the network are not weights and not counted.
+    """
     import onnx
 
     counts: dict[str, int] = {}
-    tensors = list(model.graph.initializer)
+    tensors = [t for t in model.graph.initializer if not t.name.startswith(_PREFIX)]
     for node in model.graph.node:
         if node.op_type == "Constant":
             tensors += [a.t for a in node.attribute if a.name == "value"]
@@ -378,6 +485,9 @@ def fp16_gate(base: nn.Module, session: object, frames: list[tuple[str, torch.Te
     intermediate activations to FP16 and would miss an overflow inside the network; torch rounds
     every operator's output to FP16, as a GPU does.
 
+    The graph gets the frames as they are (it pads, crops and clamps itself); torch gets them
+    padded and its output is cropped, not clamped, so an overflow shows as Inf.
+
     Returns:
         PSNR in dB per frame and run ("NAME (onnxruntime)", "NAME (torch fp16)").
     """
@@ -385,12 +495,15 @@ def fp16_gate(base: nn.Module, session: object, frames: list[tuple[str, torch.Te
 
     results: dict[str, float] = {}
     for name, frame in frames:
+        h, w = frame.shape[-2:]
         x = pad_to_multiple(frame, multiple, min_size)
+        graph_in = pad_for_graph(frame, multiple, min_size)
         with torch.no_grad():
-            expected = base(x).numpy()
-            runs = [("onnxruntime", session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0].astype(np.float32))]
+            expected = base(x)[..., :h, :w].numpy()
+            got = session.run([OUTPUT_NAME], {INPUT_NAME: graph_in.numpy()})[0].astype(np.float32)
+            runs = [("onnxruntime", got[..., :h, :w])]
             if half is not None:
-                runs.append(("torch fp16", half(x).numpy()))
+                runs.append(("torch fp16", half(x)[..., :h, :w].numpy()))
         for run, got in runs:
             if not np.isfinite(got).all():
                 bad = int((~np.isfinite(got)).sum())
@@ -495,7 +608,10 @@ def cached_export(net: nn.Module, precision: str, cache: Path, opset: int = DEFA
     from unweather.engine.sources import network_digest
 
     arch = str(getattr(net, "arch", type(net).__name__))
-    path = cache / "onnx" / f"{arch}-{precision}-opset{opset}-{network_digest(net)[:16]}.onnx"
+    # GRAPH_FORMAT in the name: a graph written by an older unweather (one that needs padded frames) is
+    # never picked up for a newer one.
+    name = f"{arch}-{precision}-opset{opset}-g{GRAPH_FORMAT}-{network_digest(net)[:16]}.onnx"
+    path = cache / "onnx" / name
     if path.is_file():
         logger.info("using the cached ONNX graph %s", path)
         return path

@@ -63,6 +63,9 @@ class OnnxRuntimeEngine(Engine):
         multiple = int(meta.get("unweather.pad_multiple", 1)) if multiple is None else int(multiple)
         min_size = int(meta.get("unweather.min_size", 1)) if min_size is None else int(min_size)
         super().__init__(torch.device(device), precision, multiple, min_size)
+        # Our graphs since format 2 pad, crop and clamp themselves; other graphs get frames padded here.
+        self.pads_in_graph = meta.get("unweather.pads_in_graph") == "reflect"
+        self.output_clamped = bool(meta.get("unweather.clamped"))
         self.path = Path(path)
         options = ort.SessionOptions()
         options.log_severity_level = 3

@@ -70,6 +70,9 @@ class TensorRTEngine(Engine):
         index = device.index if device.index is not None else torch.cuda.current_device()
         super().__init__(torch.device("cuda", index), precision or meta.get("precision", "fp16"),
                          int(multiple or meta.get("pad_multiple", 16)), int(min_size or meta.get("min_size", 1)))
+        # Engines built from graphs that pad, crop and clamp themselves take frames as they are.
+        self.pads_in_graph = bool(meta.get("pads_in_graph", False))
+        self.output_clamped = bool(meta.get("clamped", False))
         self.plan = Path(plan)
         self._logger = make_logger(trt)
         data = self.plan.read_bytes()
@@ -112,7 +115,7 @@ class TensorRTEngine(Engine):
 
     def infer(self, frames: torch.Tensor) -> torch.Tensor:
         shape = tuple(frames.shape)
-        error = profile_error(shape, self.profile[0], self.profile[2])
+        error = profile_error(shape, self.profile[0], self.profile[2], padded=not self.pads_in_graph)
         if error is not None:
             raise error
         x = frames.detach().to(self.input_dtype).contiguous()

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -34,6 +33,7 @@ from typing import Any, TypeVar
 from packaging.version import InvalidVersion, Version
 
 from unweather.errors import UnweatherError
+from unweather.fileio import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,11 @@ class EngineLoadError(UnweatherError):
 
 @dataclass(frozen=True)
 class Profile:
-    """An optimisation profile for the "frames" input: smallest, typical and largest NxCxHxW."""
+    """An optimisation profile for the "frames" input: smallest, typical and largest NxCxHxW.
+
+    For graphs that pad frames themselves (unweather exports since graph format 2) these are frame
+    sizes, any height and width; for older graphs, the padded sizes the network runs at.
+    """
 
     min: Shape = DEFAULT_MIN
     opt: Shape = DEFAULT_OPT
@@ -85,13 +89,27 @@ def parse_shape(text: str) -> Shape:
     return dims  # type: ignore[return-value]
 
 
-def check_profile(profile: Profile, multiple: int = 1, min_size: int = 1) -> None:
-    """Raise UnweatherError unless min <= opt <= max, C == 3, and H, W are multiples of `multiple`."""
+def check_profile(profile: Profile, multiple: int = 1, min_size: int = 1, pads_in_graph: bool = False) -> None:
+    """Raise UnweatherError unless min <= opt <= max, C == 3, and the heights and widths suit the graph.
+
+    A graph that pads frames itself (`pads_in_graph`) takes frame sizes: any height and width from
+    the smallest its single reflection covers (`min_single_reflect_side`). Other graphs take padded
+    sizes: multiples of `multiple`, at least `min_size`.
+    """
+    from unweather.models.padding import min_single_reflect_side
+
+    least = min_single_reflect_side(multiple, min_size) if pads_in_graph else 1
     for name, shape in (("min", profile.min), ("opt", profile.opt), ("max", profile.max)):
         if shape[1] != 3:
             raise UnweatherError(f"--{name}-shape {format_shape(shape)}: frames have 3 channels")
         for dim, label in ((shape[2], "height"), (shape[3], "width")):
-            if dim % multiple or dim < min_size:
+            if pads_in_graph:
+                if dim < least:
+                    raise UnweatherError(
+                        f"--{name}-shape {format_shape(shape)}: the {label} must be at least {least} for this "
+                        f"graph (it reflect-pads frames to a multiple of {multiple}; smaller frames are padded "
+                        "before the engine)")
+            elif dim % multiple or dim < min_size:
                 raise UnweatherError(
                     f"--{name}-shape {format_shape(shape)}: the {label} must be a multiple of {multiple}"
                     + (f" and at least {min_size}" if min_size > 1 else "")
@@ -99,6 +117,26 @@ def check_profile(profile: Profile, multiple: int = 1, min_size: int = 1) -> Non
     for i, label in enumerate(("batch", "channels", "height", "width")):
         if not profile.min[i] <= profile.opt[i] <= profile.max[i]:
             raise UnweatherError(f"profile {profile.describe()}: the {label} must satisfy min <= opt <= max")
+
+
+def check_graph_profile(onnx_path: str | os.PathLike[str], profile: Profile) -> dict[str, Any]:
+    """Check `profile` against what the ONNX graph's metadata says it takes; return those facts.
+
+    Returns:
+        pad_multiple, min_size, pads_in_graph (the graph pads, crops and clamps frames itself, so
+        the profile is in frame sizes) and clamped, for the engine's sidecar.
+    """
+    from unweather.engine.export import read_onnx_metadata
+
+    meta = read_onnx_metadata(onnx_path)
+    facts = {
+        "pad_multiple": int(meta.get("unweather.pad_multiple", 1)),
+        "min_size": int(meta.get("unweather.min_size", 1)),
+        "pads_in_graph": meta.get("unweather.pads_in_graph") == "reflect",
+        "clamped": bool(meta.get("unweather.clamped")),
+    }
+    check_profile(profile, facts["pad_multiple"], facts["min_size"], facts["pads_in_graph"])
+    return facts
 
 
 def shape_problem(shape: tuple[int, ...], low: tuple[int, ...], high: tuple[int, ...]) -> str | None:
@@ -111,13 +149,18 @@ def shape_problem(shape: tuple[int, ...], low: tuple[int, ...], high: tuple[int,
     return None
 
 
-def profile_error(shape: tuple[int, ...], low: tuple[int, ...], high: tuple[int, ...]) -> UnweatherError | None:
-    """The error for a padded input outside an engine's profile (None when it fits)."""
+def profile_error(shape: tuple[int, ...], low: tuple[int, ...], high: tuple[int, ...],
+                  padded: bool = True) -> UnweatherError | None:
+    """The error for an input outside an engine's profile (None when it fits).
+
+    `padded`: the engine takes padded frames (an older graph); else the shape is the frames' own.
+    """
     problem = shape_problem(shape, low, high)
     if problem is None:
         return None
+    what = f"input {format_shape(shape)} (after padding)" if padded else f"frames {format_shape(shape)}"
     return UnweatherError(
-        f"input {format_shape(shape)} (after padding) does not fit the TensorRT engine's profile "
+        f"{what} does not fit the TensorRT engine's profile "
         f"(min {format_shape(low)}, max {format_shape(high)}): {problem}; rebuild the engine with a larger "
         "--max-shape (or smaller --min-shape), or use tiles (--tile) for large frames")
 
@@ -223,16 +266,9 @@ def _sha256(path: Path) -> str:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `data` to `path` through a temporary file in the same folder and a rename (mode 0o666 less the
+    umask, as for any new file)."""
+    write_bytes_atomic(path, data)
 
 
 def write_engine(plan_path: str | os.PathLike[str], data: bytes, meta: dict[str, Any]) -> dict[str, Any]:
@@ -368,9 +404,7 @@ def build_engine(onnx_path: str | os.PathLike[str], plan_path: str | os.PathLike
         raise UnweatherError(f"ONNX file not found: {onnx_path}")
     profile = profile or Profile()
     onnx_meta = read_onnx_metadata(onnx_path)
-    multiple = int(onnx_meta.get("unweather.pad_multiple", 1))
-    min_size = int(onnx_meta.get("unweather.min_size", 1))
-    check_profile(profile, multiple, min_size)
+    graph = check_graph_profile(onnx_path, profile)
     meta = expected_metadata(onnx_path, profile, device, workspace_mb)
     timing_cache = Path(timing_cache) if timing_cache else plan_path.parent / "timing.cache"
 
@@ -417,8 +451,9 @@ def build_engine(onnx_path: str | os.PathLike[str], plan_path: str | os.PathLike
         "onnx": str(onnx_path.resolve()),
         "arch": onnx_meta.get("unweather.arch"),
         "precision": onnx_meta.get("unweather.precision", "fp32"),
-        "pad_multiple": multiple,
-        "min_size": min_size,
+        # pad_multiple, min_size, and whether the engine pads, crops and clamps itself (graph format 2;
+        # then the profile is in frame sizes).
+        **graph,
         "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "build_seconds": round(time.perf_counter() - start, 1),
     })

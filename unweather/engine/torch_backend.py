@@ -31,9 +31,12 @@ class TorchEngine(Engine):
         compile: `torch.compile` the network (True, or a mode such as "max-autotune").
         cuda_graph: capture one CUDA graph per input shape and replay it (CUDA only); each call
             copies the frames into the graph's input and returns a copy of its output.
+
+    The output is clamped to [0, 1], as the exported graphs clamp theirs.
     """
 
     backend = "torch"
+    output_clamped = True
 
     def __init__(
         self,
@@ -73,7 +76,11 @@ class TorchEngine(Engine):
     @torch.inference_mode()
     def infer(self, frames: torch.Tensor) -> torch.Tensor:
         x = self._prepare(frames)
-        out = self._replay(x) if self.cuda_graph else self._forward(x)
+        if self.cuda_graph:
+            out = self._replay(x).clamp_(0.0, 1.0)  # the caller's own copy
+        else:
+            # Out of place: a network may hand back its input (identity), which may be the caller's frames.
+            out = self._forward(x).clamp(0.0, 1.0)
         return out.to(frames.dtype).contiguous()
 
     def _replay(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from torch import nn
 
 from unweather import __version__
 from unweather.errors import UnweatherError
+from unweather.fileio import atomic_path
 from unweather.models.padding import PadCrop
 from unweather.models.registry import build, names
 
@@ -121,20 +121,9 @@ def save(
 
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        # mkstemp makes the file private (0600); a saved network gets the usual permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Through a temporary file and a rename; the file gets the usual permissions (0o666 less the umask).
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:

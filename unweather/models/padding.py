@@ -13,6 +13,24 @@ def padded_size(size: int, multiple: int, min_size: int = 1) -> int:
     return -(-target // multiple) * multiple
 
 
+def single_reflect_fits(size: int, multiple: int, min_size: int = 1) -> bool:
+    """Whether one reflection pads `size` to `padded_size` (the padding is smaller than `size`).
+
+    Then `pad_to_multiple` is a single reflect pad, which an ONNX `Pad` in reflect mode computes
+    the same way; smaller sizes need several steps (or replication) and are padded before such a graph.
+    """
+    return padded_size(size, multiple, min_size) - size <= size - 1
+
+
+def min_single_reflect_side(multiple: int, min_size: int = 1) -> int:
+    """The smallest side from which every larger side passes `single_reflect_fits`."""
+    # Beyond max(multiple, min_size) the padding is under `multiple`, hence under the size.
+    side = max(multiple, min_size, 1)
+    while side > 1 and single_reflect_fits(side - 1, multiple, min_size):
+        side -= 1
+    return side
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int = 1) -> torch.Tensor:
     """Pad the last two dimensions of `x` at the bottom and right to a multiple of `multiple`.
 
@@ -34,6 +52,19 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int = 1) -> torch.
         pad_h -= step_h
         pad_w -= step_w
     return x
+
+
+def pad_for_graph(x: torch.Tensor, multiple: int, min_size: int = 1) -> torch.Tensor:
+    """`x` for a graph that reflect-pads frames itself (see `unweather.engine.export`).
+
+    Such a graph pads with one reflection, which covers frames whose sides pass
+    `single_reflect_fits`; those are returned as they are. Smaller frames are padded here with
+    `pad_to_multiple` (the graph then pads nothing), so the result is the same either way.
+    """
+    h, w = x.shape[-2:]
+    if single_reflect_fits(h, multiple, min_size) and single_reflect_fits(w, multiple, min_size):
+        return x
+    return pad_to_multiple(x, multiple, min_size)
 
 
 class PadCrop(nn.Module):

@@ -6,27 +6,34 @@ it measured. Heavy modules (torch, PyAV) load on first use, so importing this pa
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any
 
 from unweather.stream.config import RunConfig
 
+if TYPE_CHECKING:
+    from unweather.engine.base import Engine
+    from unweather.stream.multi import EngineClient, MultiStats
+    from unweather.stream.stats import RunStats
 
-def run(input: str, output: str | None = None, config: RunConfig | None = None, engine: Any = None,
-        stop_event: Any = None):
+
+def run(input: str, output: str | None = None, config: RunConfig | None = None,
+        engine: Engine | EngineClient | None = None, stop_event: threading.Event | None = None) -> RunStats:
     """Restore `input` into `output`; see `unweather.stream.runner.run`."""
     from unweather.stream.runner import run as _run
 
     return _run(input, output, config, engine=engine, stop_event=stop_event)
 
 
-def run_many(inputs: list[str], output: str | None = None, config: RunConfig | None = None, **kwargs: Any):
+def run_many(inputs: list[str], output: str | None = None, config: RunConfig | None = None,
+             **kwargs: Any) -> MultiStats:
     """Restore several inputs at once, sharing one engine; see `unweather.stream.multi.run_many`."""
     from unweather.stream.multi import run_many as _run_many
 
     return _run_many(inputs, output, config, **kwargs)
 
 
-def open_engine(config: RunConfig):
+def open_engine(config: RunConfig) -> Engine:
     """The engine `config` asks for; see `unweather.stream.runner.open_engine`."""
     from unweather.stream.runner import open_engine as _open
 

@@ -1,11 +1,24 @@
-"""`unweather run`: restore a video file, image, folder of images, capture device or network stream."""
+"""`unweather run`: restore a video file, image, folder of images, capture device or network stream.
+
+This module runs on this machine only; `unweather.cli` adds the Ray options to `run` and hands Ray runs
+to `unweather.cluster.cli`. Every option either takes effect in the run it is given to or is refused
+with one line saying why (`check_local_options`): none is silently ignored.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from unweather.errors import UnweatherError
+
+if TYPE_CHECKING:
+    from unweather.stream.config import RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: a GPU when there is one)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow a checkpoint that pickles Python objects (runs code from the file)")
-    p.add_argument("--batch", type=int, default=1, help="frames per inference call in offline mode (default 1)")
+    p.add_argument("--batch", type=int, help="frames per inference call in offline mode (default 1)")
     p.add_argument("--tile", type=int, metavar="SIZE", help="restore frames larger than SIZE x SIZE in overlapping "
                                                          "tiles (large frames, small GPUs or TensorRT profiles)")
-    p.add_argument("--tile-overlap", type=int, default=32, metavar="N", help="pixels shared by neighbouring tiles, "
-                                                                              "blended across (default 32)")
+    p.add_argument("--tile-overlap", type=int, metavar="N", help="with --tile: pixels shared by neighbouring "
+                                                                "tiles, blended across (default 32)")
     p.add_argument("--engine-batch", type=int, metavar="N",
                    help="with several inputs: most frames from all streams in one shared inference call "
                         "(default 8; 1 turns batching across streams off)")
@@ -72,68 +85,136 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--temporal", type=float, default=0.0, metavar="S",
                    help="still cameras: blend each restored frame with the previous one where little changed, "
                         "weight S in [0, 1), e.g. 0.8 (default 0: off; it smears a moving camera's picture)")
-    p.add_argument("--stats", metavar="FILE.json", help="write the run's statistics as JSON")
-    p.add_argument("--codec", default="auto", help="video encoder: auto (NVENC on a GPU when it works, else "
-                                                   "libx264), libx264, h264_nvenc, libx265")
-    p.add_argument("--crf", type=int, default=18, help="video quality, 0-51, lower is better (default 18)")
+    p.add_argument("--stats", metavar="FILE.json",
+                   help="write the run's statistics as JSON, in every mode: per input (and per chunk on Ray) "
+                        "with the node and worker that restored it")
+    p.add_argument("--codec", help="video encoder: auto (default: NVENC on a GPU when it works, else "
+                                   "libx264), libx264, h264_nvenc, libx265")
+    p.add_argument("--crf", type=int, help="video quality, 0-51, lower is better (default 18)")
     p.add_argument("--preset", help="encoder preset (default: veryfast live, fast offline)")
     p.add_argument("--quiet", "-q", action="store_true",
                    help="only warnings and errors: no progress bar, log lines or summary")
-    net = p.add_argument_group("network sources")
-    net.add_argument("--open-timeout", type=float, default=10.0, metavar="S", help="seconds to connect (10)")
-    net.add_argument("--read-timeout", type=float, default=10.0, metavar="S", help="seconds per read (10)")
-    net.add_argument("--stall-timeout", type=float, default=20.0, metavar="S",
+    net = p.add_argument_group("network sources and outputs")
+    net.add_argument("--open-timeout", type=float, metavar="S", help="seconds to connect (10)")
+    net.add_argument("--read-timeout", type=float, metavar="S", help="seconds per read (10)")
+    net.add_argument("--stall-timeout", type=float, metavar="S",
                      help="reconnect after this long without a frame (20)")
-    net.add_argument("--give-up-after", type=float, default=300.0, metavar="S",
+    net.add_argument("--give-up-after", type=float, metavar="S",
                      help="end the run when the source stays away this long (300)")
-    net.add_argument("--rtsp-transport", default="tcp", choices=("tcp", "udp"), help="RTSP transport (tcp)")
-    try:
-        from unweather.cluster.cli import add_ray_arguments
-    except ImportError:
-        add_ray_arguments = None
-    if add_ray_arguments is not None:
-        add_ray_arguments(p)
-    p.set_defaults(func=handle_run, mode="auto", ray=None)
+    net.add_argument("--rtsp-transport", choices=("tcp", "udp"), help="RTSP transport (tcp)")
+    p.set_defaults(func=handle_run, mode="auto")
 
 
-def config_from_args(args: argparse.Namespace):
-    """The `RunConfig` the arguments ask for.
+# Options whose value goes into `RunConfig` unchanged when given: option dest -> RunConfig field.
+_CONFIG_FIELDS = {
+    "model": "model", "backend": "backend", "precision": "precision", "device": "device",
+    "trust_checkpoint": "trust_checkpoint", "batch": "batch", "mode": "mode", "max_frames": "max_frames",
+    "side_by_side": "side_by_side", "temporal": "temporal", "stats": "stats_path", "codec": "codec", "crf": "crf",
+    "preset": "preset", "open_timeout": "open_timeout", "read_timeout": "read_timeout",
+    "stall_timeout": "stall_timeout_network", "give_up_after": "give_up_after", "rtsp_transport": "rtsp_transport",
+    "tile": "tile", "tile_overlap": "tile_overlap", "strength": "strength", "mask": "mask",
+}
+# Options that matter only where a network input or output is.
+NETWORK_OPTIONS = {"open_timeout": "--open-timeout", "read_timeout": "--read-timeout",
+                   "stall_timeout": "--stall-timeout", "give_up_after": "--give-up-after",
+                   "rtsp_transport": "--rtsp-transport"}
+# Options that matter only where a video is written.
+VIDEO_OPTIONS = {"codec": "--codec", "crf": "--crf", "preset": "--preset"}
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The `RunConfig` the arguments ask for (options not given keep `RunConfig`'s defaults).
 
     Raises:
         UnweatherError: a malformed --start or --duration.
     """
     from unweather.stream.config import RunConfig, parse_time
 
-    start = parse_time(args.start, "--start") if getattr(args, "start", None) is not None else None
-    duration = parse_time(args.duration, "--duration") if getattr(args, "duration", None) is not None else None
-    return RunConfig(
-        model=args.model, backend=args.backend, precision=args.precision, device=args.device,
-        trust_checkpoint=args.trust_checkpoint, batch=args.batch, mode=args.mode, max_frames=args.max_frames,
-        side_by_side=args.side_by_side, temporal=args.temporal, stats_path=args.stats, codec=args.codec,
-        crf=args.crf, preset=args.preset,
-        progress=not args.quiet, open_timeout=args.open_timeout, read_timeout=args.read_timeout,
-        stall_timeout_network=args.stall_timeout, give_up_after=args.give_up_after,
-        rtsp_transport=args.rtsp_transport, tile=args.tile, tile_overlap=args.tile_overlap, start=start,
-        duration=duration, strength=getattr(args, "strength", 1.0), mask=getattr(args, "mask", None))
+    values = {field: getattr(args, dest) for dest, field in _CONFIG_FIELDS.items()
+              if getattr(args, dest, None) is not None}
+    if getattr(args, "start", None) is not None:
+        values["start"] = parse_time(args.start, "--start")
+    if getattr(args, "duration", None) is not None:
+        values["duration"] = parse_time(args.duration, "--duration")
+    return RunConfig(**values, progress=not args.quiet)
+
+
+def given(args: argparse.Namespace, names: dict[str, str]) -> list[str]:
+    """The options among `names` (dest -> option) that were given, by option name."""
+    return [option for dest, option in names.items() if getattr(args, dest, None) not in (None, False)]
+
+
+def check_shared_options(args: argparse.Namespace, network: bool) -> None:
+    """Refuse, in one line, options that cannot apply to any run: `network` says whether the run has a
+    network input or output.
+
+    Raises:
+        UnweatherError: the first option that would be ignored.
+    """
+    if getattr(args, "tile_overlap", None) is not None and getattr(args, "tile", None) is None:
+        raise UnweatherError("--tile-overlap applies to tiles: give --tile SIZE too.")
+    if not network and (names := given(args, NETWORK_OPTIONS)):
+        raise UnweatherError(f"{names[0]} applies to network inputs and outputs (rtsp://, rtmp://, http(s)://, "
+                             "srt://), and this run has none.")
+
+
+def has_network(inputs: Sequence[str], output: str | None) -> bool:
+    """Whether a run of `inputs` into `output` may touch the network (a sources file may list cameras)."""
+    from unweather.media import is_url
+    from unweather.sources_file import is_sources_file
+
+    return any(is_url(i) or is_sources_file(i) for i in inputs) or (output is not None and is_url(output))
+
+
+def check_local_options(args: argparse.Namespace, config: RunConfig, many: bool) -> None:
+    """Refuse, in one line, options given to a run on this machine that it would ignore.
+
+    Raises:
+        UnweatherError: the first such option, and why it does not apply.
+    """
+    from unweather.stream.runner import default_output, is_live
+
+    check_shared_options(args, has_network(args.inputs, args.output))
+    if args.engine_batch is not None:
+        if not many:
+            raise UnweatherError("--engine-batch shares one engine between several inputs; with one input, "
+                                 "use --batch.")
+        if args.engine_batch < 1:
+            raise UnweatherError(f"--engine-batch must be at least 1, not {args.engine_batch}.")
+    if many:
+        live = [args.mode == "live"]
+        outputs: list[str] = []
+        if given(args, VIDEO_OPTIONS):
+            from unweather.stream.multi import plan_streams
+
+            plans = plan_streams(args.inputs, args.output, config)
+            live, outputs = [p.live for p in plans], [p.output for p in plans]
+    else:
+        live = [is_live(args.inputs[0], config)]
+        outputs = [args.output or default_output(args.inputs[0], live[0])]
+    if args.batch is not None and all(live):
+        raise UnweatherError("--batch applies to offline runs; live mode restores each frame as it comes "
+                             "(add --offline to keep every frame and batch them).")
+    if outputs and (names := given(args, VIDEO_OPTIONS)) and not any(_writes_video(o) for o in outputs):
+        raise UnweatherError(f"{names[0]} applies to video outputs, and this run writes images.")
+
+
+def _writes_video(output: str) -> bool:
+    from unweather.media import VIDEO_OUTPUTS, is_url
+
+    return is_url(output) or os.path.splitext(output)[1].lower() in VIDEO_OUTPUTS
 
 
 def handle_run(args: argparse.Namespace) -> int:
     """Run the pipeline; SIGINT/SIGTERM stop reading and finish the output, a second one stops at once."""
-    from unweather.errors import UnweatherError
+    from unweather.stream.multi import wants_many
     from unweather.stream.runner import run
     from unweather.stream.signals import stop_on_signals
 
     config = config_from_args(args)
     config.validate()
-    if args.ray is not None:
-        from unweather.cluster.cli import run_with_ray
-
-        return run_with_ray(args, list(args.inputs), args.output, config)
-    from unweather.stream.multi import wants_many
-
     many = wants_many(args.inputs)
-    if getattr(args, "engine_batch", None) is not None and args.engine_batch < 1:
-        raise UnweatherError(f"--engine-batch must be at least 1, not {args.engine_batch}.")
+    check_local_options(args, config, many)
     stop = threading.Event()
     with stop_on_signals(stop) as received:
         if many:

@@ -9,13 +9,14 @@ batch to fill: when the engine keeps up, calls hold one stream's frames, as in a
 falls behind, the requests that piled up during the last call go together in the next. Live streams'
 requests are served before offline ones.
 
-Inputs are files, folders of videos, URLs or a sources file (see `unweather.cluster.sources`, which
-is Ray-free; nothing here imports Ray). One input that fails is reported by name and the others go on.
+Inputs are files, folders of videos, URLs or a sources file (see `unweather.sources_file`; nothing
+here imports Ray). One input that fails is reported by name and the others go on.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -24,17 +25,24 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unweather.errors import UnweatherError
+from unweather.fileio import write_text_atomic
+from unweather.media import IMAGE_SUFFIXES, VIDEO_EXTENSIONS, is_image_file, is_url, video_output_extension
 from unweather.redact import redact
+from unweather.sources_file import Source, apply_options, is_sources_file, resolve_inputs
 from unweather.stream.config import RunConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from unweather.engine.base import Engine
 
 logger = logging.getLogger(__name__)
 
 # Settings that decide which engine a stream needs: streams that agree on them share one.
 ENGINE_FIELDS = ("model", "backend", "precision", "device", "trust_checkpoint")
-_VIDEO_OUTPUTS = (".mp4", ".mkv", ".mov", ".m4v", ".webm", ".ts")
 
 
 # -- the shared engine --------------------------------------------------------------------------------
@@ -45,13 +53,13 @@ class _Request:
 
     __slots__ = ("done", "error", "finished", "frames", "live", "ready", "result", "seq")
 
-    def __init__(self, frames: Any, live: bool, seq: int, ready: Any) -> None:
+    def __init__(self, frames: torch.Tensor, live: bool, seq: int, ready: torch.cuda.Event | None) -> None:
         self.frames = frames
         self.live = live
         self.seq = seq
         self.ready = ready  # a CUDA event recorded after the frames were written, or None
-        self.done: Any = None
-        self.result: Any = None
+        self.done: torch.cuda.Event | None = None
+        self.result: torch.Tensor | None = None
         self.error: BaseException | None = None
         self.finished = threading.Event()
 
@@ -67,7 +75,7 @@ class SharedEngine:
         progress: a tqdm bar to advance by the frames restored, or None.
     """
 
-    def __init__(self, engine: Any, max_batch: int | None = None, timeout: float = 600.0,
+    def __init__(self, engine: Engine, max_batch: int | None = None, timeout: float = 600.0,
                  progress: Any = None) -> None:
         if max_batch is not None and max_batch < 1:
             raise UnweatherError(f"the shared engine's batch must be at least 1, not {max_batch}.")
@@ -91,7 +99,7 @@ class SharedEngine:
         self._progress = progress
 
     @property
-    def device(self) -> Any:
+    def device(self) -> torch.device:
         """Where the engine's input and output tensors live."""
         return self.engine.device
 
@@ -130,7 +138,7 @@ class SharedEngine:
             req.error = UnweatherError(reason)
             req.finished.set()
 
-    def submit(self, frames: Any, live: bool) -> Any:
+    def submit(self, frames: torch.Tensor, live: bool) -> torch.Tensor:
         """Restore `frames` (N, 3, H, W) with the others waiting; blocks until they are done."""
         import torch
 
@@ -237,7 +245,7 @@ class SharedEngine:
         if self._progress is not None:
             self._progress.update(frames)
 
-    def _call(self, inputs: list[Any], picked: list[_Request]) -> list[Any]:
+    def _call(self, inputs: list[torch.Tensor], picked: list[_Request]) -> list[torch.Tensor]:
         import torch
 
         with torch.inference_mode():
@@ -254,7 +262,7 @@ class SharedEngine:
                 req.done = done
             return outs
 
-    def _infer(self, inputs: list[Any]) -> list[Any]:
+    def _infer(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         import torch
 
         if len(inputs) == 1:
@@ -273,14 +281,14 @@ class EngineClient:
         self.frames = 0
         self.calls = 0
 
-    def __call__(self, frames: Any) -> Any:
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         out = self.shared.submit(frames, self.live)
         self.frames += frames.shape[0]
         self.calls += 1
         return out
 
     @property
-    def device(self) -> Any:
+    def device(self) -> torch.device:
         return self.shared.engine.device
 
     def describe(self) -> str:
@@ -294,7 +302,7 @@ class EngineClient:
         return getattr(self.shared.engine, name)
 
 
-def default_max_batch(engine: Any) -> int:
+def default_max_batch(engine: Engine) -> int:
     """8 frames per call, or fewer when a TensorRT engine's profile allows fewer."""
     profile = getattr(engine, "profile", None)
     try:
@@ -303,11 +311,11 @@ def default_max_batch(engine: Any) -> int:
         return 8
 
 
-def _batch_key(frames: Any) -> tuple:
+def _batch_key(frames: torch.Tensor) -> tuple:
     return (tuple(frames.shape[1:]), frames.dtype, frames.device)
 
 
-def _describe(engine: Any) -> str:
+def _describe(engine: Engine | EngineClient) -> str:
     describe = getattr(engine, "describe", None)
     return describe() if callable(describe) else type(engine).__name__
 
@@ -329,8 +337,6 @@ class StreamPlan:
 def wants_many(inputs: Sequence[str]) -> bool:
     """Whether `unweather run INPUTS` is a many-input run: several inputs, a sources file, or a folder
     holding videos (a folder of images stays one input)."""
-    from unweather.cluster.sources import is_sources_file
-
     if len(inputs) != 1:
         return True
     item = inputs[0]
@@ -338,9 +344,6 @@ def wants_many(inputs: Sequence[str]) -> bool:
 
 
 def _folder_kind(folder: str) -> str:
-    from unweather.cluster.sources import VIDEO_EXTENSIONS
-    from unweather.stream.sinks import IMAGE_SUFFIXES
-
     try:
         names = [n.lower() for n in os.listdir(folder)]
     except OSError:
@@ -365,16 +368,14 @@ def plan_streams(inputs: Sequence[str], output: str | None, config: RunConfig) -
         UnweatherError: a bad sources file or option, an output that is not a folder, or two inputs
             (or an input and an output) that would share a file.
     """
-    from unweather.cluster.sources import Source, apply_options, resolve_inputs
-    from unweather.cluster.sources import is_url as _is_url
     from unweather.stream.runner import is_live
 
     sources: list[Source] = []
     for item in inputs:
-        if not _is_url(item) and os.path.isdir(item) and _folder_kind(item) == "images":
+        if not is_url(item) and os.path.isdir(item) and _folder_kind(item) == "images":
             name = os.path.basename(os.path.normpath(item)) or "images"
             sources.append(Source(name=name, input=item))
-        elif _is_url(item) or os.path.exists(item):
+        elif is_url(item) or os.path.exists(item):
             sources += resolve_inputs([item])
         else:
             # Reported by name when its stream runs, like any other input that cannot be read.
@@ -385,7 +386,7 @@ def plan_streams(inputs: Sequence[str], output: str | None, config: RunConfig) -
     folder = None
     single_file = None
     if output is not None:
-        if _is_url(output):
+        if is_url(output):
             if len(sources) != 1:
                 raise UnweatherError("several inputs cannot publish to one URL: give a folder as -o DIR/.")
             single_file = output
@@ -418,11 +419,13 @@ def _unique_names(sources: list) -> None:
             sources[i] = dataclasses.replace(source, name=f"{source.name}-{seen[source.name]}")
 
 
-def _output_for(source: Any, folder: str | None, live: bool) -> str:
-    """Where one source writes: its own output, else FOLDER/NAME.EXT, else beside its input."""
-    from unweather.cluster.sources import is_url, output_path
+def _output_for(source: Source, folder: str | None, live: bool) -> str:
+    """Where one source writes: its own output, else FOLDER/NAME.EXT, else beside its input.
+
+    EXT is the input's when it is an image, or a video container the pipeline writes; other videos
+    (.webm, .avi, ...) are written as .mkv, and live ones too instead of .mp4 (playable if killed).
+    """
     from unweather.stream.runner import default_output
-    from unweather.stream.sinks import IMAGE_SUFFIXES
 
     if source.output and not source.output.endswith(("/", os.sep)):
         return source.output
@@ -431,20 +434,16 @@ def _output_for(source: Any, folder: str | None, live: bool) -> str:
         if is_url(source.input):
             return time.strftime(f"{source.name}-%Y%m%d-%H%M%S.mkv")
         return default_output(source.input, live)
-    ext = os.path.splitext(source.input)[1].lower()
     if not is_url(source.input) and os.path.isdir(source.input):
         return os.path.join(folder, source.name) + os.sep
-    if ext in IMAGE_SUFFIXES:
-        return os.path.join(folder, source.name + ext)
-    path = output_path(dataclasses.replace(source, output=None), folder)
-    if live and os.path.splitext(path)[1] in (".mp4", ".m4v", ".mov"):
-        path = os.path.splitext(path)[0] + ".mkv"  # Matroska stays playable if the process is killed
-    return path
+    if is_image_file(source.input):
+        return os.path.join(folder, source.name + os.path.splitext(source.input)[1].lower())
+    return os.path.join(folder, source.name + video_output_extension(source.input, live))
 
 
 def _check_outputs(plans: list[StreamPlan]) -> None:
     def key(path: str) -> str:
-        return path if "://" in path else os.path.normcase(os.path.abspath(path.rstrip("/" + os.sep) or path))
+        return path if is_url(path) else os.path.normcase(os.path.abspath(path.rstrip("/" + os.sep) or path))
 
     owners: dict[str, str] = {}
     for plan in plans:
@@ -525,7 +524,7 @@ class MultiStats:
 
 
 def run_many(inputs: Sequence[str], output: str | None = None, config: RunConfig | None = None,
-             stop_event: threading.Event | None = None, engine: Any = None,
+             stop_event: threading.Event | None = None, engine: Engine | None = None,
              max_batch: int | None = None) -> MultiStats:
     """Restore several inputs at once on this machine, the streams sharing one engine.
 
@@ -551,7 +550,7 @@ def run_many(inputs: Sequence[str], output: str | None = None, config: RunConfig
     plans = plan_streams(inputs, output, config)
     stop_event = stop_event or threading.Event()
     for plan in plans:
-        folder = os.path.dirname(plan.output) if "://" not in plan.output else ""
+        folder = os.path.dirname(plan.output) if not is_url(plan.output) else ""
         if folder:
             try:
                 os.makedirs(folder, exist_ok=True)
@@ -560,7 +559,7 @@ def run_many(inputs: Sequence[str], output: str | None = None, config: RunConfig
     started = time.monotonic()
     results: dict[str, dict[str, Any]] = {}
     shared: dict[tuple, SharedEngine] = {}
-    owned: list[Any] = []
+    owned: list[Engine] = []
     progress = _progress(config, len(plans))
     threads: list[threading.Thread] = []
     try:
@@ -609,7 +608,7 @@ def run_many(inputs: Sequence[str], output: str | None = None, config: RunConfig
     return stats
 
 
-def _open_engine(config: RunConfig) -> Any:
+def _open_engine(config: RunConfig) -> Engine:
     from unweather.stream.runner import open_engine
 
     return open_engine(config)
@@ -637,9 +636,12 @@ def _run_stream(plan: StreamPlan, client: EngineClient, stop_event: threading.Ev
 
 
 def _failed(plan: StreamPlan, error: str, partial: dict[str, Any] | None = None) -> dict[str, Any]:
+    from unweather.stream.runner import here
+
     entry = dict(partial or {})
+    node, worker = here()
     entry.update(name=plan.name, input=redact(plan.input), output=redact(plan.output), status="failed",
-                 error=redact(error))
+                 error=redact(error), nodes=entry.get("nodes") or [node], workers=entry.get("workers") or [worker])
     return entry
 
 
@@ -652,13 +654,7 @@ def _progress(config: RunConfig, streams: int) -> Any:
 
 
 def _write_json(data: dict[str, Any], path: str) -> None:
-    import json
-
-    tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
     except OSError as exc:
         raise UnweatherError(f"cannot write the stats file {path}: {exc.strerror or exc}.") from None

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from unweather.errors import UnweatherError
+from unweather.media import url_scheme
 from unweather.redact import redact
 
 if TYPE_CHECKING:
@@ -45,9 +46,9 @@ _DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "rtmps": 443}
 
 
 def is_network_url(spec: str) -> bool:
-    """Whether `spec` is a URL that `NetworkSource` reads (rtsp, rtmp, http(s), srt, udp, tcp)."""
-    scheme, sep, _ = str(spec).partition("://")
-    return bool(sep) and scheme.lower() in NETWORK_SCHEMES
+    """Whether `spec` is a URL (`unweather.media.is_url`) that `NetworkSource` reads (rtsp, rtmp, http(s),
+    srt, udp, tcp)."""
+    return url_scheme(str(spec)) in NETWORK_SCHEMES
 
 
 @dataclass
@@ -266,7 +267,7 @@ class NetworkSource:
         # The last attempt before giving up gets only the time that is left.
         open_timeout = min(opts.open_timeout, max(0.2, deadline - time.monotonic()))
         options = {"fflags": "discardcorrupt"}
-        scheme = self.url.partition("://")[0].lower()
+        scheme = url_scheme(self.url)
         if scheme in ("rtsp", "rtsps"):
             options["rtsp_transport"] = opts.rtsp_transport
             # The SDP already names the streams: probing 0.5 s instead of FFmpeg's default halves
@@ -405,7 +406,7 @@ def open_output_container(url: str, options: NetworkOptions | None = None, *,
     import av
 
     opts = options or NetworkOptions()
-    scheme = url.partition("://")[0].lower()
+    scheme = url_scheme(url)
     container_options: dict[str, str] = {}
     if scheme in ("rtsp", "rtsps"):
         fmt = "rtsp"
@@ -439,7 +440,7 @@ def output_error(url: str, exc: BaseException) -> UnweatherError:
     import av
 
     if isinstance(exc, av.error.ProtocolNotFoundError):
-        scheme = url.partition("://")[0].lower()
+        scheme = url_scheme(url)
         return UnweatherError(f"this FFmpeg build (PyAV) cannot publish to {scheme}:// URLs.")
     if isinstance(exc, UnweatherError):
         return exc

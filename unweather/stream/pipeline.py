@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -46,6 +46,10 @@ from unweather.stream.sinks import Sink
 from unweather.stream.sources import Source, SourceFrame
 from unweather.stream.stats import STAGES, LatencyWindow, RunStats
 from unweather.stream.temporal import TemporalFilter
+
+if TYPE_CHECKING:
+    from unweather.engine.base import Engine
+    from unweather.stream.multi import EngineClient
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +149,7 @@ class Pipeline:
             user did not give), so that nothing is announced for a run that fails before.
     """
 
-    def __init__(self, source: Source, sink: Sink, engine: Any, config: RunConfig, live: bool,
+    def __init__(self, source: Source, sink: Sink, engine: Engine | EngineClient, config: RunConfig, live: bool,
                  stop_event: threading.Event, mask: Any = None, announce: str | None = None) -> None:
         self.source = source
         self.announce = announce
@@ -635,7 +639,7 @@ def _logs_above(bar: Any) -> contextlib.AbstractContextManager[None]:
     return logging_redirect_tqdm(loggers=[package])
 
 
-def _describe_engine(engine: Any) -> str:
+def _describe_engine(engine: Engine | EngineClient) -> str:
     describe = getattr(engine, "describe", None)
     return describe() if callable(describe) else type(engine).__name__
 

@@ -6,16 +6,23 @@ import inspect
 import json
 import logging
 import os
+import socket
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unweather.errors import UnweatherError
+from unweather.fileio import write_text_atomic
+from unweather.media import VIDEO_OUTPUTS, is_image_file, is_url, url_scheme, video_output_extension
 from unweather.redact import redact
 from unweather.stream.config import RunConfig
-from unweather.stream.sinks import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageSink, Sink, VideoSink
-from unweather.stream.sources import ImageSource, Source, is_device, is_url, open_source
+from unweather.stream.sinks import ImageSink, Sink, VideoSink
+from unweather.stream.sources import ImageSource, Source, is_device, open_source
 from unweather.stream.stats import RunStats
+
+if TYPE_CHECKING:
+    from unweather.engine.base import Engine
+    from unweather.stream.multi import EngineClient
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +60,7 @@ def check_engine_request(config: RunConfig) -> None:
         resolve(config.model)
 
 
-def open_engine(config: RunConfig) -> Any:
+def open_engine(config: RunConfig) -> Engine:
     """The engine `config` asks for, via `unweather.engine.open`; logs which model it uses."""
     import unweather.engine as engines
 
@@ -93,18 +100,15 @@ def default_output(spec: str, live: bool = False) -> str:
     URLs and capture devices record into unweather-YYYYmmdd-HHMMSS.mkv in the current folder
     (Matroska: playable even if the process is killed).
     """
-    if is_url(spec) or is_device(spec) or "://" in spec:
+    if is_url(spec) or is_device(spec):
         return time.strftime("unweather-%Y%m%d-%H%M%S.mkv")
     path = spec.rstrip("/" + os.sep) or spec
     if os.path.isdir(path):
         return path + ".unweather" + os.sep
     stem, ext = os.path.splitext(path)
-    ext = ext.lower()
-    if ext in IMAGE_SUFFIXES:
-        return f"{stem}.unweather{ext}"
-    if ext in (".mp4", ".m4v", ".mov"):
-        return f"{stem}.unweather{'.mkv' if live else ext}"
-    return f"{stem}.unweather.mkv"  # Matroska holds any audio codec the input may have
+    if is_image_file(path):
+        return f"{stem}.unweather{ext.lower()}"
+    return f"{stem}.unweather{video_output_extension(path, live)}"
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -116,7 +120,7 @@ def _same_file(a: str, b: str) -> bool:
 
 def open_sink(output: str, source: Source, config: RunConfig, live: bool, gpu: bool) -> Sink:
     """The output `output` names: a media server URL, a video file, an image, or a folder of images."""
-    scheme = output.partition("://")[0].lower() if "://" in output else ""
+    scheme = url_scheme(output)
     if scheme:
         if scheme not in _OUTPUT_SCHEMES:
             raise UnweatherError(f"cannot publish to {redact(output)}: use an rtsp://, rtmp:// or srt:// URL.")
@@ -125,13 +129,13 @@ def open_sink(output: str, source: Source, config: RunConfig, live: bool, gpu: b
     ext = os.path.splitext(output)[1].lower()
     if output.endswith(("/", os.sep)) or os.path.isdir(output) or not ext:
         return ImageSink(output, folder=True)
-    if ext in IMAGE_SUFFIXES:
+    if is_image_file(output):
         if isinstance(source, ImageSource) and not source.single:
             raise UnweatherError(f"{output} is one image but the input is a folder: give a folder as output.")
         if not isinstance(source, ImageSource) and source.total != 1:
             raise UnweatherError(f"{output} is one image but the input is a video: give a folder as output.")
         return ImageSink(output, folder=False)
-    if ext in VIDEO_SUFFIXES:
+    if ext in VIDEO_OUTPUTS:
         return VideoSink(output, source, live=live, codec=config.codec, crf=config.crf, preset=config.preset, gpu=gpu)
     raise UnweatherError(f"cannot tell what to write from {output!r}: use .mp4, .mkv, .mov, .ts, an image "
                          "extension, a folder ending in '/', or an rtsp/rtmp/srt URL.")
@@ -146,7 +150,7 @@ def make_output_folder(output: str) -> list[str]:
     Raises:
         UnweatherError: a folder cannot be created (a file in the way, no permission).
     """
-    if "://" in output:
+    if is_url(output):
         return []
     folder = os.path.dirname(os.path.abspath(output.rstrip("/" + os.sep) or output))
     missing = []
@@ -172,24 +176,26 @@ def remove_folders(folders: list[str]) -> None:
             return
 
 
-def _engine_on_gpu(engine: Any) -> bool:
+def here() -> tuple[str, str]:
+    """This process's node and worker, as stats name them: the host name and the process id."""
+    return socket.gethostname(), str(os.getpid())
+
+
+def _engine_on_gpu(engine: Engine | EngineClient) -> bool:
     device = getattr(engine, "device", None)
     return getattr(device, "type", str(device)) == "cuda"
 
 
 def write_stats(stats: RunStats, path: str) -> None:
     """Write `stats` as JSON (atomically: a temporary file renamed)."""
-    tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(tmp, "w") as f:
-            json.dump(stats.to_dict(), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(stats.to_dict(), indent=2) + "\n")
     except OSError as exc:
         raise UnweatherError(f"cannot write the stats file {path}: {exc.strerror or exc}.") from None
 
 
-def run(input: str, output: str | None = None, config: RunConfig | None = None, engine: Any = None,
+def run(input: str, output: str | None = None, config: RunConfig | None = None,
+        engine: Engine | EngineClient | None = None,
         stop_event: threading.Event | None = None) -> RunStats:
     """Restore `input` into `output` and return the run's statistics.
 
@@ -223,11 +229,11 @@ def run(input: str, output: str | None = None, config: RunConfig | None = None, 
     live = is_live(spec, config)
     announce = output is None
     output = os.fspath(default_output(spec, live) if output is None else output)
-    if "://" not in output and "://" not in spec and _same_file(spec, output):
+    if not is_url(output) and not is_url(spec) and _same_file(spec, output):
         raise UnweatherError(f"the output {output} is the input: choose another name.")
     own_event = stop_event is None
     stop_event = threading.Event() if stop_event is None else stop_event
-    wants_audio = "://" not in output and os.path.splitext(output)[1].lower() in VIDEO_SUFFIXES
+    wants_audio = not is_url(output) and os.path.splitext(output)[1].lower() in VIDEO_OUTPUTS
     source = open_source(spec, config, live, wants_audio, stop_event, own_event)
     sink: Sink | None = None
     folders: list[str] = []
@@ -258,6 +264,7 @@ def run(input: str, output: str | None = None, config: RunConfig | None = None, 
         remove_folders(folders)
     stats.input = redact(spec)
     stats.output = redact(output)
+    stats.nodes, stats.workers = [here()[0]], [here()[1]]
     stats.model = config.model or getattr(engine, "model", None) or model_name(config)
     if config.stats_path:
         write_stats(stats, config.stats_path)

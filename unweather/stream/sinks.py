@@ -15,6 +15,9 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from unweather.errors import UnweatherError
+from unweather.fileio import write_bytes_atomic
+from unweather.media import IMAGE_SUFFIXES, is_url
+from unweather.media import VIDEO_OUTPUTS as VIDEO_SUFFIXES
 from unweather.redact import redact
 from unweather.stream.colour import ColourSpec
 
@@ -25,8 +28,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".ts": "mpegts"}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _TS_AUDIO = {"aac", "mp2", "mp3", "ac3", "eac3", "opus"}
 _PROBE_BYTES = 64 * 1024
 
@@ -119,7 +120,7 @@ class VideoSink(Sink):
         self.gpu = gpu
         self.network_options = network_options
         self.rotation = 0
-        self.is_url = "://" in target
+        self.is_url = is_url(target)
         self.stream: Any = None
         self.audio_map: dict[int, Any] = {}
         self._last_time = float("-inf")
@@ -374,13 +375,11 @@ class ImageSink(Sink):
             raise UnweatherError(f"cannot write {path}: {str(exc).strip().splitlines()[-1]}.") from None
         if not ok:
             raise UnweatherError(f"cannot write {path}: OpenCV cannot encode {ext} images.")
-        # Written by Python rather than cv2.imwrite: a full disk is then reported as such (errno).
+        # Written by Python rather than cv2.imwrite: a full disk is then reported as such (errno), and
+        # through a temporary file, so a failed write leaves no half image behind.
         try:
-            with open(path, "wb") as f:
-                f.write(data.tobytes())
+            write_bytes_atomic(path, data.tobytes())
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.remove(path)  # no half-written image left behind
             raise _write_error(path, exc) from None
         self.frames_written += 1
 

@@ -17,6 +17,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from unweather.errors import UnweatherError
+from unweather.media import IMAGE_SUFFIXES, is_image_file, is_url, read_rgb, url_scheme
 from unweather.redact import redact
 
 if TYPE_CHECKING:
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Consecutive undecodable packets after which a file is taken as broken rather than damaged.
 _MAX_BAD_PACKETS = 100
 # Frames a file may fall short of what its container announces without being called truncated
@@ -476,8 +476,6 @@ class ImageSource(Source):
         self._stop.set()
 
     def _read(self, path: str) -> np.ndarray:
-        import cv2
-
         # Probe the header first: a huge or broken image is refused before any pixel is decoded.
         container = open_video_file(path, path)
         try:
@@ -487,10 +485,7 @@ class ImageSource(Source):
             check_size(ctx.width, ctx.height, self.max_pixels, path)
         finally:
             container.close()
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
-        if image is None:
-            raise UnweatherError(f"cannot read the image {path}.")
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        return read_rgb(path)
 
     def frames(self) -> Iterator[SourceFrame]:
         index = 0
@@ -562,16 +557,6 @@ def is_device(spec: str) -> bool:
     return spec.startswith("/dev/video")
 
 
-def is_url(spec: str) -> bool:
-    """Whether `spec` is a network URL a source can read."""
-    try:
-        from unweather.stream.network import is_network_url
-    except ImportError:
-        scheme, sep, _ = spec.partition("://")
-        return bool(sep) and scheme.lower() in ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "srt", "udp", "tcp")
-    return is_network_url(spec)
-
-
 def open_source(spec: str, config: Any, live: bool, want_audio: bool, stop_event: threading.Event,
                 own_event: bool = True) -> Source:
     """The source `spec` names: URL, capture device, image, folder of images or video file.
@@ -581,22 +566,24 @@ def open_source(spec: str, config: Any, live: bool, want_audio: bool, stop_event
     (seeking) applies to video files only; `config.duration` to files here, to the rest in the pipeline.
     """
     start = getattr(config, "start", None)
-    if start and (is_url(spec) or is_device(spec) or os.path.isdir(spec) or spec.lower().endswith(IMAGE_SUFFIXES)):
+    if start and (is_url(spec) or is_device(spec) or os.path.isdir(spec) or is_image_file(spec)):
         kind = "a live source" if is_url(spec) or is_device(spec) else "images"
         raise UnweatherError(f"--start needs a video file, and {redact(spec)} is {kind}: nothing to seek in "
                              "(--duration still sets how long to record).")
     if is_url(spec):
+        from unweather.stream.network import NETWORK_SCHEMES
+
+        if url_scheme(spec) not in NETWORK_SCHEMES:
+            raise UnweatherError(f"unsupported URL scheme: {redact(spec)}.")
         return NetworkInput(spec, config.network_options(), stop_event=stop_event, max_pixels=config.max_pixels,
                             own_event=own_event)
     stop_event = threading.Event()
     if is_device(spec):
         return DeviceSource(spec, config.device_size, config.device_rate, config.device_format,
                             max_pixels=config.max_pixels, stop_event=stop_event)
-    if "://" in spec:
-        raise UnweatherError(f"unsupported URL scheme: {redact(spec)}.")
     if not os.path.exists(spec):
         raise UnweatherError(f"no such file or folder: {spec}.")
-    if os.path.isdir(spec) or spec.lower().endswith(IMAGE_SUFFIXES):
+    if os.path.isdir(spec) or is_image_file(spec):
         return ImageSource(spec, rate=config.image_rate, max_pixels=config.max_pixels, stop_event=stop_event)
     return FileSource(spec, want_audio=want_audio, pace=live, max_pixels=config.max_pixels, stop_event=stop_event,
                       start=start, duration=getattr(config, "duration", None))

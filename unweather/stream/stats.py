@@ -62,6 +62,8 @@ class RunStats:
         width, height: input frame size; batch: frames per inference call.
         interrupted: the run was stopped before its input ended.
         error: the error that ended the run, if any.
+        nodes, workers: where the input was restored: the host name and process id here; on Ray the
+            node and worker ids (several when its chunks ran in several places).
     """
 
     input: str = ""
@@ -86,6 +88,8 @@ class RunStats:
     batch: int = 1
     interrupted: bool = False
     error: str | None = None
+    nodes: list[str] = field(default_factory=list)
+    workers: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field; `frames` is `frames_out`."""

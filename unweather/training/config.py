@@ -343,10 +343,11 @@ def save(cfg: TrainConfig, run_dir: Path) -> None:
     """Write the resolved configuration as config.yaml and config.json in `run_dir`."""
     import yaml
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from unweather.fileio import write_text_atomic
+
     data = cfg.to_dict()
-    (run_dir / "config.json").write_text(json.dumps(data, indent=2) + "\n")
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    write_text_atomic(run_dir / "config.json", json.dumps(data, indent=2) + "\n")
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(data, sort_keys=False))
 
 
 def steps_for(steps: int, epochs: float, steps_per_epoch: int) -> int:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from unweather.errors import UnweatherError
+from unweather.media import read_rgb
 from unweather.training.config import DataConfig
 
 log = logging.getLogger(__name__)
@@ -28,13 +29,8 @@ Pair = tuple[Path, Path]
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Read an image file as uint8 RGB (H, W, 3)."""
-    import cv2
-
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise UnweatherError(f"cannot read image {path}")
-    return np.ascontiguousarray(image[:, :, ::-1])
+    """Read an image file as uint8 RGB (H, W, 3) (`unweather.media.read_rgb`)."""
+    return read_rgb(path)
 
 
 class ImageStore:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from unweather.errors import UnweatherError
+from unweather.media import read_rgb
 
 log = logging.getLogger(__name__)
 
@@ -107,15 +108,6 @@ class Scores:
     seconds: float
 
 
-def _read(path: Path) -> np.ndarray:
-    import cv2
-
-    data = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if data is None:
-        raise UnweatherError(f"cannot read image {path}")
-    return cv2.cvtColor(data, cv2.COLOR_BGR2RGB)
-
-
 def _mean(values: list[float]) -> float:
     # PSNR is inf on an identical pair (a clean data set's input): the mean is then inf, honestly.
     return float(np.mean(values)) if values else math.nan
@@ -153,7 +145,7 @@ def evaluate(restore: Callable[[Any], Any], datasets: dict[str, Pairs], device: 
 
             items = tqdm(chosen, desc=name, unit="pair", leave=False)
         for gt_path, in_path in items:
-            gt, degraded = _read(gt_path), _read(in_path)
+            gt, degraded = read_rgb(gt_path), read_rgb(in_path)
             if gt.shape != degraded.shape:
                 raise UnweatherError(f"{in_path} and {gt_path} differ in size: {degraded.shape} vs {gt.shape}")
             gt_t = torch.from_numpy(gt).permute(2, 0, 1)[None].float().div_(255.0)

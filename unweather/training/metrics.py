@@ -71,8 +71,12 @@ def psnr(a: Any, b: Any, data_range: float = 1.0, y_channel: bool = False,
          reduction: str = "mean") -> float | torch.Tensor:
     """Peak signal-to-noise ratio in dB, per image, averaged over the batch.
 
+    The one PSNR of the package: `unweather eval`, validation during training and the demo all call
+    it, so their numbers agree. `a`, the restored image, is clamped to [0, data_range] first, as every
+    engine clamps its output; values are compared in float, not re-quantised.
+
     Args:
-        a: an image or batch (see the module docstring).
+        a: an image or batch (see the module docstring); clamped to [0, data_range].
         b: the reference, same shape.
         data_range: the value of white (1.0 for float images, 255 for 8-bit values).
         y_channel: compare the Y channel (BT.601 as MATLAB's rgb2ycbcr) instead of RGB.
@@ -82,6 +86,7 @@ def psnr(a: Any, b: Any, data_range: float = 1.0, y_channel: bool = False,
         PSNR in dB; inf where the images are identical.
     """
     ta, tb = _pair(a, b)
+    ta = ta.clamp(0.0, data_range)
     if y_channel:
         ta, tb = rgb_to_y(ta, data_range), rgb_to_y(tb, data_range)
     mse = ((ta - tb) ** 2).flatten(1).mean(dim=1)

@@ -30,11 +30,12 @@ import cv2
 import numpy as np
 
 from unweather.errors import UnweatherError
+from unweather.fileio import write_text_atomic
+from unweather.media import IMAGE_SUFFIXES, read_rgb
 
 log = logging.getLogger(__name__)
 
 WEATHERS = ("rain", "snow", "haze")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _SHIFT = 4  # OpenCV drawing with 4 fractional bits: sub-pixel positions, smooth motion in clips
 _ONE = 1 << _SHIFT
 
@@ -564,11 +565,8 @@ def add_weather(img: np.ndarray, weather: str, rng: np.random.Generator, params:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as float32 HxWx3 RGB in [0, 1]."""
-    data = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if data is None:
-        raise UnweatherError(f"cannot read image {path}")
-    return cv2.cvtColor(data, cv2.COLOR_BGR2RGB).astype(np.float32) * (1.0 / 255.0)
+    """Read an image file as float32 HxWx3 RGB in [0, 1] (`unweather.media.read_rgb`, scaled)."""
+    return read_rgb(path).astype(np.float32) * (1.0 / 255.0)
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:
@@ -754,7 +752,7 @@ def synthesize(photos: Sequence[str | Path], out_dir: str | Path, weathers: Sequ
     bar.close()
 
     for (split, d), pairs in meta.items():
-        (out / split / f"{d}_meta_{split}.json").write_text(json.dumps(pairs, indent=0) + "\n")
+        write_text_atomic(out / split / f"{d}_meta_{split}.json", json.dumps(pairs, indent=0) + "\n")
     record = {
         "format": "unweather-synth/1",
         "config": dataclasses.asdict(cfg),
@@ -763,7 +761,7 @@ def synthesize(photos: Sequence[str | Path], out_dir: str | Path, weathers: Sequ
         "counts": {f"{s}/{d}": len(p) for (s, d), p in meta.items()},
         "samples": samples,
     }
-    (out / "synth.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    write_text_atomic(out / "synth.json", json.dumps(record, indent=1, sort_keys=True) + "\n")
     log.info("wrote %s pairs from %d training and %d validation photos to %s",
              sum(len(p) for p in meta.values()), len(train), len(valid), out)
     return record

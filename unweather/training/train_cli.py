@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unweather.errors import UnweatherError
+from unweather.fileio import atomic_path, write_text_atomic
 
 if TYPE_CHECKING:
     from torch import nn
@@ -169,14 +170,15 @@ def _finish(result, trainer, stage, output: Path, run_dir: Path, cfg) -> None:
     if result.interrupted:
         raise KeyboardInterrupt
     if cfg.log.output == "best" and result.best_path is not None and result.best_path.is_file():
-        shutil.copyfile(result.best_path, output)
+        with atomic_path(output) as tmp:
+            shutil.copyfile(result.best_path, tmp)
         chosen = result.best[0]
         log.info("wrote %s (step %d, validation PSNR %.2f dB)", output, chosen["step"], chosen["psnr"])
     else:
         save(stage.task.net, output, trainer.export_metadata(stage, result.last_val))
         log.info("wrote %s (step %d)", output, result.step)
     summary = {"output": str(output), "step": result.step, "best": result.best, "last_val": result.last_val}
-    (run_dir / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(run_dir / "result.json", json.dumps(summary, indent=2) + "\n")
 
 
 def _base_metadata(role: str, cfg, weathers: list[str], datasets: dict[str, Any]) -> dict[str, str]:
@@ -387,8 +389,9 @@ def _student(args: argparse.Namespace) -> int:
     def stage_end(stage: Stage, step: int) -> None:
         if stage.name == "kc" and ckt is not None:
             tensors = {k: v.detach().contiguous().cpu() for k, v in ckt.state_dict().items()}
-            save_file(tensors, str(ckt_path), metadata={"role": "ckt", "weathers": json.dumps(weathers),
-                                                          "steps": str(step)})
+            with atomic_path(ckt_path) as tmp:
+                save_file(tensors, str(tmp), metadata={"role": "ckt", "weathers": json.dumps(weathers),
+                                                       "steps": str(step)})
 
     trainer = Trainer(cfg, body, stages, batches, valid, run_dir, save, metadata, device,
                       val_every=_every(cfg, batches), warmup=_warmup(cfg, batches), stage_end=stage_end)
@@ -400,6 +403,7 @@ def _student(args: argparse.Namespace) -> int:
     _finish(result, trainer, stages[-1], output, run_dir, cfg)
     if ckt is not None and ckt_path.is_file():
         ckt_out = output.with_name(output.name.removesuffix(".safetensors") + ".ckt.safetensors")
-        shutil.copyfile(ckt_path, ckt_out)
+        with atomic_path(ckt_out) as tmp:
+            shutil.copyfile(ckt_path, tmp)
         log.info("wrote %s (the CKT projectors)", ckt_out)
     return 0

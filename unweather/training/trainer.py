@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -29,9 +28,11 @@ import torch
 from torch import nn
 
 from unweather.errors import UnweatherError
+from unweather.fileio import atomic_path
 from unweather.models import PadCrop
 from unweather.training.config import TrainConfig
 from unweather.training.data import CLEAN, ValidSet, WeatherBatches
+from unweather.training.metrics import psnr
 from unweather.training.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -85,15 +86,12 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def psnr(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB on RGB of images in [0, 1] (the output clamped), averaged over the batch."""
-    mse = (output.clamp(0, 1) - target).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    return (10 * torch.log10(1.0 / mse)).mean()
-
-
 @torch.no_grad()
 def validate(net: nn.Module, valid: ValidSet, device: torch.device, clean_floor: float = 0.0) -> dict[str, float]:
     """PSNR per group of `valid` (RGB, whole validation crops) and `score`: the mean over weather types.
+
+    PSNR is `unweather.training.metrics.psnr`, the one `unweather eval` reports (the output clamped to
+    [0, 1]), so a run's validation numbers and `unweather eval` on its network agree.
 
     With `clean_floor` > 0, every dB the clean group falls below it is taken off the score, so a checkpoint
     that damages clean frames is not kept for its weather scores.
@@ -105,7 +103,7 @@ def validate(net: nn.Module, valid: ValidSet, device: torch.device, clean_floor:
     for name, pairs in valid.pairs.items():
         values = [psnr(wrapped(deg.to(device)), gt.to(device)) for gt, deg in pairs]
         if values:
-            result[name] = float(torch.stack(values).mean())
+            result[name] = sum(values) / len(values)
     net.train(was_training)
     weathers = [v for k, v in result.items() if k != CLEAN]
     result["score"] = sum(weathers) / len(weathers) if weathers else float("nan")
@@ -151,9 +149,8 @@ class _Logs:
 
 
 def _save_atomic(write: Callable[[Path], None], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 class Trainer:
