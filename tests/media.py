@@ -189,3 +189,21 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR in dB between two uint8 images."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
+
+
+def fake_deb(tmp: Path, name: str, version: str, files: dict[str, bytes]) -> Path:
+    """A cache folder holding a real `name_version_all.deb` with `files` (paths relative to /), for apt-free tests."""
+    root = tmp / f"{name}-root"
+    for rel, data in {**files, f"usr/share/doc/{name}/copyright": b"licence text\n"}.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    (root / "DEBIAN").mkdir()
+    (root / "DEBIAN" / "control").write_text(
+        f"Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: Test <t@example.org>\n"
+        "Description: test photos\n")
+    cache = tmp / "cache"
+    cache.mkdir(exist_ok=True)
+    deb = cache / f"{name}_{version}_all.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(root), str(deb)], check=True,
+                   capture_output=True)
+    return cache

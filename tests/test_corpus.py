@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from media import fake_deb
 
 cv2 = pytest.importorskip("cv2")
 
@@ -39,24 +40,6 @@ def _image(ext: str, size: tuple[int, int], seed: int) -> bytes:
     return data.tobytes()
 
 
-def _fake_deb(tmp: Path, name: str, version: str, files: dict[str, bytes]) -> Path:
-    """A cache folder holding `name_version_all.deb` with `files` (paths relative to /)."""
-    root = tmp / f"{name}-root"
-    for rel, data in {**files, f"usr/share/doc/{name}/copyright": b"licence text\n"}.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-    (root / "DEBIAN").mkdir()
-    (root / "DEBIAN" / "control").write_text(
-        f"Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: Test <t@example.org>\n"
-        "Description: test photos\n")
-    cache = tmp / "cache"
-    cache.mkdir(exist_ok=True)
-    deb = cache / f"{name}_{version}_all.deb"
-    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(root), str(deb)], check=True,
-                   capture_output=True)
-    return cache
-
-
 @pytest.fixture
 def no_network(tmp_path: Path) -> tuple[dict[str, str], Path]:
     """An environment whose apt-get and pip only leave a mark: nothing may be downloaded."""
@@ -78,7 +61,7 @@ def _run(env: dict[str, str], *args: object) -> subprocess.CompletedProcess:
 def test_fetch_extracts_listed_photos_records_them_and_is_idempotent(tmp_path, no_network):
     env, mark = no_network
     lake, sky = _image(".jpg", (40, 30), 1), _image(".png", (24, 36), 2)
-    cache = _fake_deb(tmp_path, "pics", "1:1.0-1", {
+    cache = fake_deb(tmp_path, "pics", "1:1.0-1", {
         "usr/share/pics/Lake.JPG": lake,
         "usr/share/pics/sub dir/Night Sky.png": sky,
         "usr/share/pics/Unlisted.jpg": _image(".jpg", (8, 8), 3),
@@ -132,7 +115,7 @@ def test_fetch_extracts_listed_photos_records_them_and_is_idempotent(tmp_path, n
 @needs_dpkg
 def test_split_selection_and_missing_path(tmp_path, no_network):
     env, _ = no_network
-    cache = _fake_deb(tmp_path, "pics", "2.0", {"usr/share/pics/a.png": _image(".png", (16, 16), 4),
+    cache = fake_deb(tmp_path, "pics", "2.0", {"usr/share/pics/a.png": _image(".png", (16, 16), 4),
                                                "usr/share/pics/b.jpg": _image(".jpg", (16, 16), 5)})
     manifest = tmp_path / "corpus.tsv"
     manifest.write_text(HEADER + "pics\t2.0\tdeb\tusr/share/pics/a.png\tMIT\ttrain\tday\ta\n"
@@ -159,7 +142,7 @@ def test_video_frame(tmp_path, no_network):
     for value in (0, 60, 120, 180, 240):
         writer.write(np.full((48, 64, 3), value, np.uint8))
     writer.release()
-    cache = _fake_deb(tmp_path, "clips", "1.0", {"usr/share/clips/clip.avi": clip.read_bytes()})
+    cache = fake_deb(tmp_path, "clips", "1.0", {"usr/share/clips/clip.avi": clip.read_bytes()})
     manifest = tmp_path / "corpus.tsv"
     manifest.write_text(HEADER
                         + "clips\t1.0\tdeb\tusr/share/clips/clip.avi#frame=2\tMIT\ttrain\tnight\tframe\n")

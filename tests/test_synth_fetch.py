@@ -6,24 +6,9 @@ import os
 import subprocess
 from pathlib import Path
 
+from media import fake_deb
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fetch_train_photos.sh"
-
-
-def _fake_package(tmp: Path, name: str, files: dict[str, bytes]) -> Path:
-    root = tmp / f"{name}-root"
-    for rel, data in {**files, f"usr/share/doc/{name}/copyright": b"licence text\n"}.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-    (root / "DEBIAN").mkdir()
-    (root / "DEBIAN" / "control").write_text(
-        f"Package: {name}\nVersion: 1.0-1\nArchitecture: all\nMaintainer: Test <t@example.org>\n"
-        "Description: test photos\n")
-    cache = tmp / "cache"
-    cache.mkdir(exist_ok=True)
-    deb = cache / f"{name}_1.0-1_all.deb"
-    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(root), str(deb)], check=True,
-                   capture_output=True)
-    return cache
 
 
 def _run(out: Path, tsv: Path, cache: Path) -> subprocess.CompletedProcess:
@@ -33,7 +18,7 @@ def _run(out: Path, tsv: Path, cache: Path) -> subprocess.CompletedProcess:
 
 
 def test_fetch_copies_only_listed_photos_with_unique_names(tmp_path):
-    cache = _fake_package(tmp_path, "pics", {
+    cache = fake_deb(tmp_path, "pics", "1.0-1", {
         "usr/share/backgrounds/pics/nature/Lake.jpg": b"lake",
         "usr/share/backgrounds/pics/nature/Unlisted.jpg": b"not for training",
         "usr/share/wallpapers/Hill/contents/images/2560x1600.jpg": b"hill",
