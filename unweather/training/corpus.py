@@ -126,7 +126,7 @@ def prepare(corpus_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig = Pr
         frame = frame_of(synth.read_image(photo["file"]), cfg.frame)
         gt = f"valid/clean/{_stem(photo)}.png"
         synth.write_image(out / gt, frame)
-        frame = synth.read_image(out / gt)  # as stored: 8-bit
+        frame = synth.to_uint8(frame).astype(np.float32) * (1.0 / 255.0)  # as stored: 8-bit
         common = {"package": photo.get("package", ""), "tags": photo["tags"], "gt": gt}
         entries.append({**common, "weather": "clean", "style": "", "intensity": "", "input": gt, "psnr": 100.0})
         trainer_sets["clean"].append([gt, gt])

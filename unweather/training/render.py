@@ -45,9 +45,10 @@ AMOUNT = {"light": (0.0, 0.25), "medium": (0.3, 0.65), "heavy": (0.7, 1.0)}
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two float images in [0, 1] (on 8-bit levels, as they will be stored)."""
-    mse = float(np.mean((np.round(a * 255.0) - np.round(b * 255.0)) ** 2)) / 255.0**2
-    return 100.0 if mse == 0 else 10.0 * math.log10(1.0 / mse)
+    """PSNR in dB of two float images in [0, 1] on 8-bit levels, as they will be stored (100 when equal)."""
+    from unweather.training.metrics import psnr as metric
+
+    return min(float(metric(synth.to_uint8(a), synth.to_uint8(b), data_range=255.0)), 100.0)
 
 
 def intensity_of(degraded: np.ndarray, clean: np.ndarray) -> str:
@@ -337,8 +338,10 @@ def render(img: np.ndarray, weather: str, rng: np.random.Generator, style: str =
         raise UnweatherError(f"unknown renderer style {style!r}; choose from {', '.join(STYLES)}")
     if intensity is not None and intensity not in INTENSITIES:
         raise UnweatherError(f"unknown intensity {intensity!r}; choose from {', '.join(INTENSITIES)}")
-    img = np.asarray(img, np.float32)
-    amount = _amount(rng, intensity)
+    return _draw(np.asarray(img, np.float32), weather, rng, style, _amount(rng, intensity))
+
+
+def _draw(img: np.ndarray, weather: str, rng: np.random.Generator, style: str, amount: float) -> np.ndarray:
     if style == "particles":
         return _particles(img, weather, rng, amount)
     return _STYLE[style][weather](img, rng, amount)
@@ -355,8 +358,7 @@ def render_band(img: np.ndarray, weather: str, rng: np.random.Generator, style: 
     best, best_gap = None, math.inf
     for _ in range(tries):
         amount = float(rng.uniform(a_lo, a_hi))
-        out = _STYLE[style][weather](img, rng, amount) if style != "particles" else \
-            _particles(img, weather, rng, amount)
+        out = _draw(img, weather, rng, style, amount)
         value = psnr(out, img)
         gap = 0.0 if lo <= value < hi else min(abs(value - lo), abs(value - hi))
         if gap < best_gap:

@@ -176,6 +176,8 @@ class Trainer:
                  stage_end: Callable[[Stage, int], None] | None = None) -> None:
         self.cfg = cfg
         self.trainable = trainable
+        # Networks with constrained weights (a student's phase balance) project them back after each step.
+        self._projected = [m for m in trainable.modules() if hasattr(m, "project_")]
         self.stages = list(stages)
         self.batches = batches
         self.valid = valid
@@ -349,10 +351,8 @@ class Trainer:
                 self.scaler.update()
             else:
                 self.optimizer.step()
-            # Networks with constrained weights (a student's phase balance) project them back after a step.
-            for module in self.trainable.modules():
-                if hasattr(module, "project_"):
-                    module.project_()
+            for module in self._projected:
+                module.project_()
             self.scheduler.step()
             self.step = step + 1
             bar.update(1)
