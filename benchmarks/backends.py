@@ -14,7 +14,8 @@ the same device, model and resolution (baseline latency / row latency: above 1 i
 A combination gets one untimed warm-up call, then timed calls until `--max-seconds` is spent (at
 least one, at most `--frames` x `--repeats`), so slow models (MSBDN at 1080p on a CPU) stay
 within the run's time. `--write-choice` records the fastest CPU backend per model and precision
-in unweather/engine/cpu_backends.json, which `unweather.engine.open(backend="auto")` reads.
+in unweather/engine/cpu_backends.json, which `unweather.engine.open(backend="auto")` falls back on
+when it cannot time the CPU backends on the machine it runs on (`unweather.engine.calibrate`).
 """
 
 from __future__ import annotations

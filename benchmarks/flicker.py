@@ -67,9 +67,13 @@ def restore_clip(net: torch.nn.Module, frames: list[np.ndarray], batch: int = 8,
     return out
 
 
-def psnr(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    mse = np.mean([np.mean((x.astype(np.float64) - y) ** 2) for x, y in zip(a, b, strict=True)])
-    return float(10 * np.log10(1.0 / max(mse, 1e-12)))
+def clip_psnr(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    """PSNR (RGB) of clip `a` against clip `b`, the frames taken as one image: from the clip's mean squared error."""
+    from unweather.training.metrics import psnr
+
+    if len(a) != len(b):
+        raise ValueError(f"clips differ in length: {len(a)} and {len(b)} frames")
+    return psnr(np.concatenate(a, axis=0), np.concatenate(b, axis=0))
 
 
 def main() -> int:
@@ -114,11 +118,11 @@ def main() -> int:
                 clean, degraded = weather_clip(read_image(photo), weather, args.frames, rng, pan=camera == "pan",
                                                size=(h, w), pan_speed=args.pan_speed)
                 values = {"clean": flicker(clean) * 255, "degraded": flicker(degraded) * 255,
-                          "degraded_psnr": psnr(degraded, clean)}
+                          "degraded_psnr": clip_psnr(degraded, clean)}
                 for name, (net, strength) in variants.items():
                     out = restore_clip(net, degraded, temporal=strength)
                     values[name] = flicker(out) * 255
-                    values[f"{name}_psnr"] = psnr(out, clean)
+                    values[f"{name}_psnr"] = clip_psnr(out, clean)
                 for key, value in values.items():
                     acc.setdefault(key, []).append(value)
             row = {"weather": weather, "camera": camera, "clips": len(photos),

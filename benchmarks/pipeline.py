@@ -122,11 +122,10 @@ def measure_model(model: str, clip: Path, frames: Any, args: argparse.Namespace,
         def run_sequential() -> None:
             seq.append(in_worker_thread(sequential, engine, clip, workdir / "sequential.mp4", crf, preset)["fps"])
 
-        order = [("engine", run_engine), ("pipeline", run_pipeline), ("sequential", run_sequential)]
+        order = [run_engine, run_pipeline, run_sequential]
         in_worker_thread(time_engine, engine, batches[:1], args.warmup, 1)  # first-call costs out of the way
         for i in range(args.repeats):
-            rotated = order[i % 3:] + order[:i % 3]
-            for name, fn in rotated:
+            for fn in order[i % 3:] + order[:i % 3]:
                 fn()
             logger.info("%s round %d: engine %.1f, pipeline %.1f, sequential %.1f FPS", model, i + 1,
                          eng[-1], pipe[-1], seq[-1])
@@ -179,7 +178,8 @@ def table(results: dict[str, Any]) -> str:
     for r in results["offline"]:
         lines.append(f"| {r['model']} | {r['engine_fps']:.1f} | {r['pipeline_fps']:.1f} | {r['sequential_fps']:.1f} "
                      f"| {r['pipeline_vs_engine']:.2f} | {r['pipeline_vs_sequential']:.2f} |")
-    lines += ["", "| live, model | input FPS | frames in/out/dropped | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|---|---|"]
+    lines += ["", "| live, model | input FPS | frames in/out/dropped | p50 ms | p95 ms | p99 ms |",
+              "|---|---|---|---|---|---|"]
     for r in results["live"]:
         lat = r["latency_ms"]
         lines.append(f"| {r['model']} | {r['rate']} | {r['frames_in']}/{r['frames_out']}/{r['dropped']} "

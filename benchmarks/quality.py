@@ -125,7 +125,8 @@ def engine_fn(path: Path, precision: str) -> Callable[[torch.Tensor], torch.Tens
     """A restoration function through `unweather.engine.open` in `precision` on the CPU (torch backend)."""
     from unweather.engine import open as open_engine
 
-    engine = open_engine(str(path), backend="torch", precision=precision, device="cpu")
+    # Scores, not speed: bf16 runs even where this CPU only emulates it.
+    engine = open_engine(str(path), backend="torch", precision=precision, device="cpu", allow_slow_precision=True)
     return lambda x: engine(x).float()
 
 
@@ -219,7 +220,8 @@ def read_step(path: Path) -> int | str:
 
 def recorded_markdown(rows: list[dict], base: dict[str, float]) -> str:
     lines = ["| run (step kept / steps) | rain PSNR RGB (gain) | snow | haze | clean frames |", "|---|---|---|---|---|",
-             "| degraded input (same pairs, measured here) | " + " | ".join(f"{base[w]:.2f}" for w in WEATHERS) + " | - |"]
+             "| degraded input (same pairs, measured here) | "
+             + " | ".join(f"{base[w]:.2f}" for w in WEATHERS) + " | - |"]
     for row in rows:
         s = row["psnr_rgb"]
         cells = [f"{s[w]:.2f} ({s[w] - base[w]:+.2f})" if w in s else "-" for w in WEATHERS]
@@ -277,12 +279,13 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def cross_source(meta: Path, methods: list[tuple[str, Callable[[torch.Tensor], torch.Tensor] | None]],
-                 limit: int = 0) -> dict:
+                 limit: int = 0, reuse: dict | None = None) -> dict:
     """Score `methods` (label, restore; None: the input itself) on `meta/eval.json`; return the tables.
 
     Weather pairs: PSNR and SSIM (RGB, Y) per weather, renderer style and intensity; the dark channel prior
     is scored on haze beside them. Clean frames: PSNR against the frame, the largest per-channel mean shift
-    (8-bit levels) and the pattern score added (output's minus input's), per scene tag.
+    (8-bit levels) and the pattern score added (output's minus input's), per scene tag. `reuse`, an earlier
+    result on the same pairs, supplies the scores of the methods it holds under the same label.
     """
     import json
 
@@ -306,7 +309,13 @@ def cross_source(meta: Path, methods: list[tuple[str, Callable[[torch.Tensor], t
         groups.setdefault((p["weather"], p["style"], p["intensity"]), []).append(p)
     result: dict = {"pairs": len(pairs), "photos": len({p["gt"] for p in pairs}), "methods": {}}
     all_methods = [*methods, ("dark channel prior", "dcp")]
+    earlier = (reuse or {}).get("methods", {}) if reuse and reuse.get("pairs") == len(pairs) \
+        and reuse.get("photos") == result["photos"] else {}
     for label, restore in all_methods:
+        if label in earlier:
+            result["methods"][label] = earlier[label]
+            print(f"{label}: scores of the earlier result", flush=True)
+            continue
         table: dict[str, dict] = {}
         seconds = time.perf_counter()
         for (weather, style, intensity), items in sorted(groups.items()):
@@ -331,8 +340,8 @@ def cross_source(meta: Path, methods: list[tuple[str, Callable[[torch.Tensor], t
                                              "worst_psnr_rgb": round(min(c["psnr_rgb"] for c in chosen), 2),
                                              "worst_shift": round(max(c["shift"] for c in chosen), 2)}
             else:
-                table[f"{weather}/{style}/{intensity}"] = {**_mean(per), "n": len(per),
-                                                           "input_psnr": round(float(np.mean([p["psnr"] for p in items])), 2)}
+                input_psnr = round(float(np.mean([p["psnr"] for p in items])), 2)
+                table[f"{weather}/{style}/{intensity}"] = {**_mean(per), "n": len(per), "input_psnr": input_psnr}
         result["methods"][label] = {"scores": table, "seconds": round(time.perf_counter() - seconds, 1)}
         print(f"{label}: {len(table)} groups in {result['methods'][label]['seconds']} s", flush=True)
     result["checks"] = {label: targets_met(result["methods"][label]["scores"], result["methods"]["input"]["scores"],
@@ -382,8 +391,10 @@ def cross_source_markdown(result: dict) -> str:
         for m in methods[1:]:
             s = result["methods"][m]["scores"].get(key)
             cells.append("-" if s is None else f"{s['psnr_rgb']:.2f} / {s['ssim_rgb']:.3f}")
-        lines.append(f"| {key} (n={base['n']}) | {base['psnr_rgb']:.2f} / {base['ssim_rgb']:.3f} | " + " | ".join(cells) + " |")
-    lines += ["", "Clean frames (PSNR RGB against the frame / largest channel-mean shift in levels / pattern score added):", "",
+        lines.append(f"| {key} (n={base['n']}) | {base['psnr_rgb']:.2f} / {base['ssim_rgb']:.3f} | "
+                     + " | ".join(cells) + " |")
+    lines += ["", "Clean frames (PSNR RGB against the frame / largest channel-mean shift in levels / "
+              "pattern score added):", "",
               "| scene | " + " | ".join(m for m in methods[1:] if m != "dark channel prior") + " |",
               "|---|" + "---|" * (len(methods) - 2)]
     for key in keys:
@@ -399,8 +410,8 @@ def cross_source_markdown(result: dict) -> str:
     lines += ["", "Targets (worst case over the groups; met or not):", "",
               "| target | " + " | ".join(result["checks"]) + " |", "|---|" + "---|" * len(result["checks"])]
     for target in next(iter(result["checks"].values()), {}):
-        lines.append(f"| {target} | " + " | ".join(
-            f"{c[target]['worst']:.2f} {'yes' if c[target]['met'] else 'no'}" for c in result["checks"].values()) + " |")
+        cells = (f"{c[target]['worst']:.2f} {'yes' if c[target]['met'] else 'no'}" for c in result["checks"].values())
+        lines.append(f"| {target} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -416,7 +427,12 @@ def corpus_main(args: argparse.Namespace) -> int:
     for spec in args.extra:
         label, _, path = spec.partition("=")
         methods.append((label, model_fn(Path(path))))
-    result = cross_source(args.corpus, methods, args.limit)
+    reuse = None
+    if args.reuse is not None:
+        import json
+
+        reuse = json.loads(args.reuse.read_text())
+    result = cross_source(args.corpus, methods, args.limit, reuse)
     payload = {"benchmark": "quality-cross-source", "meta_dir": str(args.corpus), **result, "targets": TARGETS,
                "metrics": "PSNR dB / SSIM on RGB (and Y in the JSON), means over pairs; groups are weather/renderer "
                           "style/intensity (optics is the renderer no network trains on); clean: output against the "
@@ -444,6 +460,9 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=0, help="at most this many pairs per weather (0: all)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--reuse", type=Path, metavar="RESULTS.json",
+                        help="with --corpus: take the scores of methods already in this earlier result on the "
+                             "same pairs (the input, the shipped students, the dark channel prior)")
     parser.add_argument("--extra", action="append", default=[], metavar="LABEL=PATH",
                         help="another network to score")
     parser.add_argument("--precisions", nargs="+", default=[], metavar="P",
@@ -488,8 +507,9 @@ def main() -> int:
         return score([outputs[i] for i in subset[w]], [data[w][0][i] for i in subset[w]])["psnr_rgb"]
 
     recorded_base = {w: on_subset(w, data[w][1]) for w in WEATHERS}
-    recorded = [{"method": "classical (median 3x3 on rain/snow, dark channel prior on haze), measured here", "run": None,
-                 "step": "-", "steps": "-", "psnr_rgb": {w: on_subset(w, classical_outs[w]) for w in WEATHERS}},
+    recorded = [{"method": "classical (median 3x3 on rain/snow, dark channel prior on haze), measured here",
+                 "run": None, "step": "-", "steps": "-",
+                 "psnr_rgb": {w: on_subset(w, classical_outs[w]) for w in WEATHERS}},
                 *recorded_rows(args.runs)]
     for label, kind, path, weathers in models_to_score(args.models, args.weights, tuple(args.extra)):
         restore = model_fn(path)
@@ -535,7 +555,8 @@ def main() -> int:
             f"## Every training run, as recorded (validation PSNR RGB on {args.recorded_pairs} pairs per weather)", "",
             "The networks of the runs that do not ship are not kept; these are the scores each run recorded at "
             "the step it kept, on the same validation photos (every run uses the same evenly spread pairs).", "",
-            recorded_markdown(recorded, recorded_base), "", f"Commit {payload['machine'].get('git', {}).get('commit', '?')}.", ""]
+            recorded_markdown(recorded, recorded_base), "",
+            f"Commit {payload['machine'].get('git', {}).get('commit', '?')}.", ""]
     (args.out / "quality.md").write_text("\n".join(text))
     print("\n".join(text))
     return 0

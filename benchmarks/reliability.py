@@ -43,11 +43,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the loopback servers live with the tests
 sys.path.insert(0, str(ROOT))
 
-from netservers import RtspServer, SilentTcpServer, gst_rtsp_missing
+# After the path is set: this script runs from a checkout, not an installed package.
+from netservers import RtspServer, SilentTcpServer, gst_rtsp_missing  # noqa: E402
 
-from unweather.errors import UnweatherError
-from unweather.machine import save_results
-from unweather.stream.network import NetworkOptions, NetworkSource
+from unweather.errors import UnweatherError  # noqa: E402
+from unweather.machine import save_results  # noqa: E402
+from unweather.stream.network import NetworkOptions, NetworkSource  # noqa: E402
 
 logger = logging.getLogger("reliability")
 

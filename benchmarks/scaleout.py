@@ -173,7 +173,8 @@ def main() -> int:
     result = {
         "benchmark": "scaleout",
         "setup": {"files": args.files, "seconds_per_file": args.seconds, "size": args.size, "model": args.model,
-                  "repeats": args.repeats, "chunking": "one chunk per file", "pipeline": args.pipeline, "ray": ray.__version__,
+                  "repeats": args.repeats, "chunking": "one chunk per file", "pipeline": args.pipeline,
+                  "ray": ray.__version__,
                   "cluster_start_s": cluster_start, "torch_threads_single": torch.get_num_threads(),
                   "torch_threads_actors": sorted(actor_threads)},
         "single_process": base,

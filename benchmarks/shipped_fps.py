@@ -77,7 +77,8 @@ def main() -> int:
             print(f"{model}: {results[model]['fps_median']:.1f} FPS median ({min(fps):.1f}-{max(fps):.1f}) "
                   f"over {args.repeats} runs of {args.frames} frames at {w}x{h}; load {loads}", flush=True)
     save_results(args.out, {"benchmark": "shipped_fps", "size": [w, h], "device": args.device,
-                            "backend": args.backend, "preset": args.preset, "results": results, "machine": machine_info()})
+                            "backend": args.backend, "preset": args.preset, "results": results,
+                            "machine": machine_info()})
     return 0
 
 

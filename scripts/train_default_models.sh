@@ -173,6 +173,51 @@ corpus_run() {
 }
 fast_corpus() { corpus_run fast_corpus student_small unweather/weights/fast.safetensors 160 "$FAST_CORPUS_STEPS"; }
 quality_corpus() { corpus_run quality_corpus student_base unweather/weights/quality.safetensors 128 "$QUALITY_CORPUS_STEPS"; }
+# Then night scenes lit by windows and lamps (15 % of samples, clean and weather): the corpus has few night
+# photos, and fast_corpus darkened a night city's lit windows as if they were snow.
+# It starts from FAST_NIGHT_INIT: the first session took fast_corpus's best validated checkpoint (step 500,
+# copied to $MODELS/fast_corpus_step500.safetensors), as the later ones had lost haze on the cross-source set.
+FAST_NIGHT_STEPS=${FAST_NIGHT_STEPS:-600}
+FAST_NIGHT_INIT=${FAST_NIGHT_INIT:-$MODELS/fast_corpus.safetensors}
+fast_night() {
+    [[ -f "$FAST_NIGHT_INIT" ]] || fast_corpus
+    RUN_META=$CORPUS_META run fast_night student --model student_small --direct --crop 160 --kc-steps 0 \
+        --ke-steps "$FAST_NIGHT_STEPS" --lr 5e-5 "${CORPUS_SET[@]}" --set data.night=0.15 \
+        --init "$FAST_NIGHT_INIT"
+}
+# The video student: the frame student (VIDEO_FRAME, default the shipped fast) frozen, its temporal fusion
+# trained on clips cut from the corpus photos (still, pan, zoom, shake, cuts) with weather drawn afresh
+# every frame, validated on clips of the validation photos.
+VIDEO_FRAME=${VIDEO_FRAME:-unweather/weights/fast.safetensors}
+VIDEO_STEPS=${VIDEO_STEPS:-1500}
+video_corpus() {
+    local name=video_corpus out="$MODELS/video_corpus.safetensors" dir="$RUNS/video_corpus" resume=()
+    [[ -f $CORPUS_META/prepare.json ]] || corpus_data
+    if [[ -f "$out" ]]; then echo "[$(date -u +%H:%M:%S)] $name: done ($out)"; return 0; fi
+    [[ -f "$dir/last_state.pt" ]] && resume=(--resume)
+    mkdir -p "$dir"
+    echo "[$(date -u +%H:%M:%S)] $name: start ${resume[*]}"
+    python3 -m unweather.cli train video --images "$CORPUS_META/train/images" --val-images "$CORPUS_META/valid/clean" \
+        --init "$VIDEO_FRAME" -o "$out" --run-dir "$dir" --steps "$VIDEO_STEPS" --crop 96 --frames 6 --batch 4 \
+        --threads 1 "${resume[@]}" >>"$dir/train.log" 2>&1
+    echo "[$(date -u +%H:%M:%S)] $name: finished"
+}
+# When `fast` changes after video_corpus: its fusion refitted over the new frame network (VIDEO_REFIT_FRAME).
+VIDEO_REFIT_FRAME=${VIDEO_REFIT_FRAME:-unweather/weights/fast.safetensors}
+VIDEO_REFIT_STEPS=${VIDEO_REFIT_STEPS:-300}
+video_refit() {
+    local name=video_refit out="$MODELS/video_refit.safetensors" dir="$RUNS/video_refit" resume=()
+    [[ -f "$MODELS/video_corpus.safetensors" ]] || video_corpus
+    if [[ -f "$out" ]]; then echo "[$(date -u +%H:%M:%S)] $name: done ($out)"; return 0; fi
+    [[ -f "$dir/last_state.pt" ]] && resume=(--resume)
+    mkdir -p "$dir"
+    echo "[$(date -u +%H:%M:%S)] $name: start ${resume[*]}"
+    python3 -m unweather.cli train video --images "$CORPUS_META/train/images" --val-images "$CORPUS_META/valid/clean" \
+        --init "$MODELS/video_corpus.safetensors" --frame "$VIDEO_REFIT_FRAME" -o "$out" --run-dir "$dir" \
+        --steps "$VIDEO_REFIT_STEPS" --lr 3e-4 --crop 96 --frames 6 --batch 4 --threads 1 "${resume[@]}" \
+        >>"$dir/train.log" 2>&1
+    echo "[$(date -u +%H:%M:%S)] $name: finished"
+}
 corpus_lanes() {
     corpus_data
     fast_corpus &

@@ -186,9 +186,10 @@ def playable(path: str | Path) -> int:
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB between two uint8 images."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
+    """PSNR in dB between two uint8 images (the package's PSNR on 8-bit levels)."""
+    from unweather.training.metrics import psnr as metric
+
+    return metric(a, b, data_range=255.0)
 
 
 def fake_deb(tmp: Path, name: str, version: str, files: dict[str, bytes]) -> Path:

@@ -16,6 +16,7 @@ import time
 import pytest
 import torch
 
+from unweather import cpu
 from unweather.bench.config import (
     BackendSpec,
     BenchConfig,
@@ -143,22 +144,61 @@ def test_cpu_share_counts_this_process():
     assert all(0 <= v <= 101 for v in result.values())
 
 
-def test_cpu_default_precisions_skip_torch_fp16(tmp_path):
+AVX2_CPU = "model name\t: AMD EPYC\nflags\t\t: avx2 fma f16c\n"
+AMX_CPU = "model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: avx2 fma avx512f avx512_bf16 amx_bf16\n"
+
+
+REAL_DETECT = cpu.detect
+
+
+def _fake_cpu(monkeypatch, text):
+    caps = REAL_DETECT(text)
+    monkeypatch.setattr(cpu, "detect", lambda cpuinfo=None: caps)
+    return caps
+
+
+@pytest.mark.parametrize("cpu_text, bf16", [(AVX2_CPU, "skipped"), (AMX_CPU, "ok")])
+def test_cpu_defaults_run_bf16_only_where_it_is_native(tmp_path, monkeypatch, cpu_text, bf16):
+    _fake_cpu(monkeypatch, cpu_text)
     out = tmp_path / "r.json"
     assert main(["bench", "--models", "identity", "--backends", "torch", "--resolutions", "32x32", "--frames",
                  "1", "--repeats", "1", "--warmup", "0", "--device", "cpu", "--no-pipeline", "--no-progress",
                  "--json", str(out)]) == 0
     payload = json.loads(out.read_text())
-    assert payload["config"]["precisions"] == ["fp32", "bf16"]
-    assert [(r["precision"], r["status"]) for r in payload["results"]] == [("fp32", "ok"), ("bf16", "ok")]
+    assert payload["config"]["precisions"] == ["fp32", "bf16"]  # torch fp16 is not even tried on a CPU
+    assert [(r["precision"], r["status"]) for r in payload["results"]] == [("fp32", "ok"), ("bf16", bf16)]
+    if bf16 == "skipped":
+        assert "no native bf16 on this CPU (AMD EPYC, AVX2" in payload["results"][1]["reason"]
+        assert "--allow-slow-precision" in payload["results"][1]["reason"]
     assert "--precisions fp32 bf16" in payload["command"]
+
+
+def test_slow_cpu_precisions_asked_for_are_refused_or_skipped_unless_allowed(tmp_path, monkeypatch, capsys):
+    _fake_cpu(monkeypatch, AVX2_CPU)
+    base = ["bench", "--models", "identity", "--backends", "torch", "--resolutions", "32x32", "--frames", "1",
+            "--repeats", "1", "--warmup", "0", "--device", "cpu", "--no-pipeline", "--no-progress"]
+    capsys.readouterr()
+    assert main([*base, "--precisions", "fp32", "bf16"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("unweather: error: this CPU (AMD EPYC, AVX2) has no native bf16")
+    assert "--precision fp32" in err[0] and "--allow-slow-precision" in err[0]
+
+    out = tmp_path / "r.json"
+    assert main([*base, "--precisions", "fp32", "fp16", "--json", str(out)]) == 0
+    fp16 = json.loads(out.read_text())["results"][1]
+    assert fp16["status"] == "skipped" and "few fp16 kernels" in fp16["reason"]
+
+    assert main([*base, "--precisions", "fp32", "bf16", "fp16", "--allow-slow-precision", "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert [r["status"] for r in payload["results"]] == ["ok", "ok", "ok"]
+    assert payload["config"]["allow_slow_precision"] is True and "--allow-slow-precision" in payload["command"]
 
 
 def test_results_so_far_are_handed_out_after_each_combination():
     from unweather.bench.runner import run_bench
 
     config = BenchConfig(precisions=["fp32", "bf16", "fp16"], resolutions=[Resolution(32, 32)], frames=1,
-                         repeats=1, warmup=0, device="cpu", pipeline=False)
+                         repeats=1, warmup=0, device="cpu", pipeline=False, allow_slow_precision=True)
     partials = []
     final = run_bench(config, progress=False, on_result=partials.append)
     assert [len(p["results"]) for p in partials] == [1, 2] and all(p["partial"] for p in partials)
@@ -410,6 +450,114 @@ def test_save_results_adds_machine_info_and_writes_strict_json(tmp_path):
     assert data["machine"]["cpu"]["model"] and "torch" in data["machine"]["libraries"]
     info = machine_info()
     assert info["cpu"]["cores"] >= 1 and info["ram_gb"] > 0
+    # Every results file says what the CPU runs fast: its flags, kind, native bf16/int8, torch's kernels.
+    caps = cpu.detect()
+    assert data["machine"]["cpu"]["flags"] == caps.flags and set(caps.flags) == set(cpu.FLAGS)
+    for key in ("kind", "native_bf16", "native_int8", "torch_capability"):
+        assert data["machine"]["cpu"][key] == caps.to_dict()[key]
+
+
+def test_the_table_header_names_the_cpu_and_its_flags(bench_run):
+    _, payload, out = bench_run
+    line = cpu.describe(payload["machine"]["cpu"])
+    assert line.startswith(payload["machine"]["cpu"]["model"]) and payload["machine"]["cpu"]["kind"] in line
+    present = [name for name, on in payload["machine"]["cpu"]["flags"].items() if on]
+    assert all(name in line for name in present)
+    assert f"Measured on {line}" in (out / "r.md").read_text()
+    amx = cpu.describe(REAL_DETECT(AMX_CPU).to_dict())
+    assert "AMX: avx2 fma avx512f avx512_bf16 amx_bf16" in amx and "native bf16" in amx
+    assert "no native bf16 or int8" in cpu.describe(REAL_DETECT(AVX2_CPU).to_dict())
+    assert cpu.describe({"model": "Old CPU"}) == "Old CPU"  # results written before flags were recorded
+
+
+class CountingDeadline:
+    """A deadline that passes after `checks` checks (time_engine checks it before every call)."""
+
+    def __init__(self, checks: int, seconds: float = 9.0) -> None:
+        self.checks, self.seconds = checks, seconds
+
+    def expired(self) -> bool:
+        self.checks -= 1
+        return self.checks < 0
+
+    def remaining(self) -> float:
+        return 0.0 if self.checks <= 0 else 60.0
+
+
+def test_engine_timing_stops_at_the_deadline_and_keeps_what_it_timed():
+    from unweather.bench.runner import TimeLimitError
+
+    calls = []
+    batches = [torch.zeros(1, 3, 8, 8)] * 4
+
+    def engine(x):
+        calls.append(1)
+        return x
+
+    # 2 warm-up calls, then a first pass of 4 and 1 call of the second: 5 timed of the 12 asked for.
+    result = time_engine(engine, batches, warmup=2, repeats=3, deadline=CountingDeadline(7))
+    assert len(calls) == 7 and result["timed_out"] is True and len(result["samples_ms"]) == 5
+    assert len(result["fps_per_repeat"]) == 2  # the partial pass counts its own call
+    assert time_engine(engine, batches, warmup=1, repeats=1, deadline=CountingDeadline(99))["timed_out"] is False
+    with pytest.raises(TimeLimitError, match="time limit of 9 s .* during the warm-up"):
+        time_engine(engine, batches, warmup=3, repeats=1, deadline=CountingDeadline(2))
+
+
+def test_a_combination_past_its_time_limit_is_reported_timed_out_with_its_figures(tmp_path, monkeypatch):
+    import unweather.bench.runner as runner
+
+    limits = []
+
+    def after(seconds):
+        limits.append(seconds)
+        # The engine's half: 1 warm-up call and 2 timed calls; the whole limit has passed by the pipeline.
+        return CountingDeadline(3 if len(limits) == 2 else 0, seconds)
+
+    monkeypatch.setattr(runner.Deadline, "after", staticmethod(after))
+    out = tmp_path / "r.json"
+    argv = ["bench", "--models", "identity", "--backends", "torch", "--precisions", "fp32", "--resolutions",
+            "32x32", "--frames", "4", "--repeats", "2", "--warmup", "1", "--device", "cpu", "--no-progress",
+            "--time-limit", "7", "--json", str(out), "--markdown", str(tmp_path / "r.md")]
+    assert main(argv) == 0  # timed out is no error: it measured what it could
+    payload = json.loads(out.read_text())
+    assert limits == [7.0, 3.5] and payload["config"]["time_limit_s"] == 7.0 and "--time-limit 7" in payload["command"]
+    (row,) = payload["results"]
+    assert row["status"] == "timed_out"
+    assert row["reason"].startswith("the engine timing's half of the time limit of 7 s (--time-limit) ran out")
+    assert len(row["engine"]["samples_ms"]) == 2 and row["engine"]["x_vs_baseline"] == 1.0
+    assert row["pipeline"]["status"] == "timed_out" and "fps" not in row["pipeline"]
+    table = (tmp_path / "r.md").read_text()
+    assert "(timed out, 2 calls)" in table
+    assert "- timed out: identity torch fp32 32x32 batch 1: the engine timing" in table
+    assert "at most 7 s per combination" in table
+
+
+def test_a_pipeline_past_its_time_limit_keeps_the_runs_it_finished(tmp_path, monkeypatch):
+    import unweather.bench.runner as runner
+    from unweather.stream import RunConfig
+    from unweather.stream.stats import RunStats
+
+    runs = []
+
+    def fake_run(source, output, config, engine, stop_event):
+        runs.append(stop_event)
+        if len(runs) == 2:
+            stop_event.set()  # as the deadline's timer would, during the second run
+        return RunStats(frames_out=4 if len(runs) == 1 else 1, fps=10.0 * len(runs))
+
+    monkeypatch.setattr(runner, "_pipeline_api", lambda: (RunConfig, fake_run))
+    deadline = runner.Deadline.after(60.0)
+    result = runner.time_pipeline(None, tmp_path / "clip.mp4", 1, 3, tmp_path, deadline)
+    assert len(runs) == 2 and result["status"] == "timed_out" and result["fps_per_repeat"] == [10.0, 20.0]
+    expired = runner.time_pipeline(None, tmp_path / "clip.mp4", 1, 3, tmp_path, runner.Deadline.after(0.0))
+    assert expired["status"] == "timed_out" and "before the pipeline restored a frame" in expired["reason"]
+    # A run is stopped early enough to finish its queued frames by the limit: 9 calls of 1 s at 1.5x
+    # do not fit in 5 s, so none starts.
+    assert runner.drain_seconds(RunConfig().queue_size + 1, 1, 1.0) == 1.5 * (RunConfig().queue_size + 1)
+    assert runner.drain_seconds(9, 4, 1.0) == 1.5 * 3
+    runs.clear()
+    late = runner.time_pipeline(None, tmp_path / "clip.mp4", 1, 3, tmp_path, runner.Deadline.after(5.0), call_s=1.0)
+    assert late["status"] == "timed_out" and runs == []
 
 
 def test_bad_arguments_are_one_line_errors(capsys):

@@ -86,6 +86,7 @@ BASES = {
     "train student": ["train", "student", "--teachers", "teacher_rain.safetensors", "teacher_snow.safetensors",
                       "teacher_haze.safetensors", "--meta-dir", "data", "-o", "s.safetensors", "--preset", "tiny",
                       "--model", "student_small", "--mcr", "teacher"],
+    "train video": ["train", "video", "--images", "photos/", "--init", "init.safetensors", "-o", "v.safetensors"],
 }
 
 RUN_MODES = ("single", "many", "images", "live", "archive", "fleet")
@@ -123,17 +124,24 @@ TABLE: dict[tuple[str, str], list[Effect | Refused]] = {
                           E("-o", "other/", mode="run archive"), E("-o", "other/", mode="run fleet")],
     ("run", "--model"): [E("--model", "fast", mode=f"run {m}") for m in RUN_MODES],
     ("run", "--backend"): [E("--backend", "torch", mode="run single"), E("--backend", "torch", mode="run archive")],
-    ("run", "--precision"): [E("--precision", "fp32", mode="run single"), E("--precision", "fp32", mode="run fleet")],
+    ("run", "--precision"): [E("--precision", "fp32", mode="run single"), E("--precision", "fp32", mode="run fleet"),
+                             E("--precision", "int8", mode="run single")],
+    ("run", "--allow-slow-precision"): [E("--allow-slow-precision", mode="run single", extra=("--precision", "bf16")),
+                                        E("--allow-slow-precision", mode="run archive", extra=("--precision", "bf16")),
+                                        R("--allow-slow-precision", mode="run single"),
+                                        R("--allow-slow-precision", mode="run fleet")],
     ("run", "--device"): [E("--device", "cpu", mode="run single"), E("--device", "cpu", mode="run archive")],
     ("run", "--trust-checkpoint"): [E("--trust-checkpoint", mode="run single"),
                                     E("--trust-checkpoint", mode="run archive")],
     ("run", "--batch"): [E("--batch", "4", mode="run single"), E("--batch", "4", mode="run many"),
-                         E("--batch", "4", mode="run archive"), E("--batch", "4", mode="run live", extra=("--offline",)),
+                         E("--batch", "4", mode="run archive"),
+                         E("--batch", "4", mode="run live", extra=("--offline",)),
                          R("--batch", "4", mode="run live"), R("--batch", "4", mode="run fleet")],
     ("run", "--tile"): [E("--tile", "64", mode="run single"), E("--tile", "64", mode="run archive")],
     ("run", "--tile-overlap"): [E("--tile-overlap", "8", mode="run single", extra=("--tile", "64")),
                                 E("--tile-overlap", "8", mode="run fleet", extra=("--tile", "64")),
-                                R("--tile-overlap", "8", mode="run single"), R("--tile-overlap", "8", mode="run archive")],
+                                R("--tile-overlap", "8", mode="run single"),
+                                R("--tile-overlap", "8", mode="run archive")],
     ("run", "--engine-batch"): [E("--engine-batch", "2", mode="run many"), R("--engine-batch", "2", mode="run single"),
                                 R("--engine-batch", "2", mode="run archive")],
     ("run", "--live"): [E("--live", mode="run single"), E("--live", mode="run many"), E("--live", mode="run fleet"),
@@ -148,7 +156,10 @@ TABLE: dict[tuple[str, str], list[Effect | Refused]] = {
     ("run", "--strength"): [E("--strength", "0.5", mode="run single"), E("--strength", "0.5", mode="run archive")],
     ("run", "--mask"): [E("--mask", "mask.png", mode="run single"), E("--mask", "mask.png", mode="run fleet")],
     ("run", "--side-by-side"): [E("--side-by-side", mode="run single"), E("--side-by-side", mode="run archive")],
-    ("run", "--temporal"): [E("--temporal", "0.5", mode="run live"), E("--temporal", "0.5", mode="run fleet")],
+    # A video model carries its own history: --temporal is for frame models.
+    ("run", "--temporal"): [E("--temporal", "0.5", mode="run live"), E("--temporal", "0.5", mode="run fleet"),
+                            R("--temporal", "0.5", "--model", "video_small", mode="run single"),
+                            R("--temporal", "0.5", "--model", "video_small", mode="run fleet")],
     ("run", "--stats"): [E("--stats", "s.json", mode=f"run {m}") for m in RUN_MODES],
     ("run", "--codec"): [E("--codec", "libx264", mode="run single"), E("--codec", "libx264", mode="run many"),
                          E("--codec", "libx264", mode="run archive"), R("--codec", "libx264", mode="run images")],
@@ -166,7 +177,8 @@ TABLE: dict[tuple[str, str], list[Effect | Refused]] = {
                                   R("--rtsp-transport", "udp", mode="run archive")],
     ("run", "--ray"): [E("--ray", mode="run many"), E("--ray", "127.0.0.1:6379", mode="run many")],
     ("run", "--chunk-seconds"): [E("--chunk-seconds", "2", mode="run archive"),
-                                 R("--chunk-seconds", "2", mode="run single"), R("--chunk-seconds", "2", mode="run fleet")],
+                                 R("--chunk-seconds", "2", mode="run single"),
+                                 R("--chunk-seconds", "2", mode="run fleet")],
     ("run", "--resume"): [E("--resume", mode="run archive"), R("--resume", mode="run many"),
                           R("--resume", mode="run fleet")],
     ("run", "--max-failed"): [E("--max-failed", "1", mode="run archive"), R("--max-failed", "1", mode="run many"),
@@ -194,9 +206,10 @@ TABLE: dict[tuple[str, str], list[Effect | Refused]] = {
     ("convert", "--metadata"): [E("--metadata", "data=mine", mode="convert")],
     # -- export, build -------------------------------------------------------------------------------------
     ("export", "--model"): [E("--model", "student_small", mode="export")],
-    ("export", "--precision"): [E("--precision", "fp16", mode="export")],
-    ("export", "--opset"): [E("--opset", "17", mode="export")],
-    ("export", "--calibration-frames"): [E("--calibration-frames", "photos/", mode="export")],
+    ("export", "--precision"): [E("--precision", "fp16", mode="export"), E("--precision", "int8", mode="export")],
+    ("export", "--opset"): [E("--opset", "19", mode="export")],
+    ("export", "--calibration-frames"): [E("--calibration-frames", "photos/", mode="export"),
+                                         E("--calibration-frames", "a.mp4", mode="export")],
     ("export", "--min-psnr"): [E("--min-psnr", "30", mode="export")],
     ("export", "--keep-fp32"): [E("--keep-fp32", "context.*", mode="export")],
     ("export", "--trust-checkpoint"): [E("--trust-checkpoint", mode="export")],
@@ -226,6 +239,8 @@ TABLE: dict[tuple[str, str], list[Effect | Refused]] = {
     ("eval", "--backend"): [E("--backend", "torch", mode="eval")],
     ("eval", "--device"): [E("--device", "cpu", mode="eval")],
     ("eval", "--precision"): [E("--precision", "fp32", mode="eval")],
+    ("eval", "--allow-slow-precision"): [E("--allow-slow-precision", mode="eval", extra=("--precision", "bf16")),
+                                         R("--allow-slow-precision", mode="eval")],
     ("eval", "--trust-checkpoint"): [E("--trust-checkpoint", mode="eval")],
     ("eval", "--limit"): [E("--limit", "2", mode="eval"), R("--limit", "0", mode="eval")],
     # -- bench, demo ---------------------------------------------------------------------------------------------
@@ -240,6 +255,8 @@ TABLE: dict[tuple[str, str], list[Effect | Refused]] = {
     ("bench", "--warmup"): [E("--warmup", "0", mode="bench")],
     ("bench", "--exclude"): [E("--exclude", "backend=tensorrt", mode="bench")],
     ("bench", "--max-call-seconds"): [E("--max-call-seconds", "5", mode="bench")],
+    ("bench", "--time-limit"): [E("--time-limit", "5", mode="bench"), E("--time-limit", "0", mode="bench")],
+    ("bench", "--allow-slow-precision"): [E("--allow-slow-precision", mode="bench")],
     ("bench", "--device"): [E("--device", "cpu", mode="bench")],
     ("bench", "--json"): [E("--json", "b.json", mode="bench")],
     ("bench", "--plot"): [E("--plot", "b.png", mode="bench")],
@@ -271,6 +288,22 @@ TABLE: dict[tuple[str, str], list[Effect | Refused]] = {
     ("train student", "--vgg19-weights"): [E("--vgg19-weights", "vgg19.pth", mode="train student")],
     ("train student", "--direct"): [E("--direct", mode="train student")],
     ("train student", "--init"): [E("--init", "init.safetensors", mode="train student")],
+    ("train video", "--images"): [E("--images", "photos/", "data/", mode="train video")],
+    ("train video", "--init"): [E("--init", "teacher_rain.safetensors", mode="train video")],
+    ("train video", "--frame"): [E("--frame", "init.safetensors", mode="train video")],
+    ("train video", "--output"): [E("-o", "other.safetensors", mode="train video")],
+    ("train video", "--model"): [E("--model", "video_base", mode="train video")],
+    ("train video", "--val-images"): [E("--val-images", "photos/", mode="train video")],
+    ("train video", "--run-dir"): [E("--run-dir", "elsewhere", mode="train video")],
+    ("train video", "--resume"): [E("--resume", mode="train video")],
+    ("train video", "--steps"): [E("--steps", "3", mode="train video")],
+    ("train video", "--batch"): [E("--batch", "2", mode="train video")],
+    ("train video", "--frames"): [E("--frames", "3", mode="train video")],
+    ("train video", "--crop"): [E("--crop", "32", mode="train video")],
+    ("train video", "--lr"): [E("--lr", "0.01", mode="train video")],
+    ("train video", "--val-every"): [E("--val-every", "5", mode="train video")],
+    ("train video", "--seed"): [E("--seed", "5", mode="train video")],
+    ("train video", "--threads"): [E("--threads", "2", mode="train video")],
 }
 
 
@@ -389,6 +422,7 @@ def install_spies(monkeypatch: pytest.MonkeyPatch, spies: Spies) -> None:
     import unweather.training.evaluate
     import unweather.training.synth
     import unweather.training.trainer
+    import unweather.training.video
     from unweather.stream.multi import MultiStats
     from unweather.stream.stats import RunStats
 
@@ -420,6 +454,7 @@ def install_spies(monkeypatch: pytest.MonkeyPatch, spies: Spies) -> None:
     put(unweather.training.synth, "synthesize", spies.fn(
         "synthesize", lambda: {"counts": {}, "photos": {"train": [], "valid": []}}))
     put(unweather.training.evaluate, "evaluate", spies.fn("evaluate", dict))
+    put(unweather.training.video, "train_video", spies.fn("train_video", lambda: Path("v.safetensors")))
     put(unweather.engine, "open", spies.fn("engine.open", FakeEngine))
     put(unweather.bench.runner, "run_bench", spies.fn("run_bench", lambda: {"results": [{"status": "ok"}]}))
     put(unweather.bench.report, "markdown_report", spies.fn("markdown_report", "report"))
@@ -521,7 +556,7 @@ def test_option_takes_effect_or_is_refused(key, probe, world, capsys, monkeypatc
     cache_key = (probe.mode, probe.extra)
     if cache_key not in _BASE_CAPTURES:
         _BASE_CAPTURES[cache_key] = run_probe(world, capsys, spies, base + list(probe.extra))
-    base_code, base_capture, base_err = _BASE_CAPTURES[cache_key]
+    base_code, base_capture, _ = _BASE_CAPTURES[cache_key]
     argv = list(probe.argv) if probe.argv is not None else base + list(probe.extra) + list(probe.args)
     code, capture, err = run_probe(world, capsys, spies, argv)
     assert code == base_code, f"{argv}: exit {code} (base {base_code}), stderr:\n{err}"

@@ -138,6 +138,50 @@ def test_join_refuses_missing_chunks_or_frames(clip, tmp_path):
     assert not [n for n in os.listdir(tmp_path) if is_temp(n)]
 
 
+def _frames_of(path: str) -> np.ndarray:
+    with av.open(path) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(np.int16)
+
+
+def test_chunks_of_a_video_network_start_warm_and_write_every_frame(tmp_path):
+    """A chunk restored with its lead-in matches the unchunked run right after the boundary; cold, it does not."""
+    from media import make_video
+
+    from unweather.cluster.planner import lead_in
+    from unweather.cluster.ray_archive import run_chunk
+    from unweather.engine import open as open_engine
+    from unweather.stream import RunConfig, run
+
+    src = str(make_video(tmp_path / "clip.mp4", frames=50, audio=False, options={
+        "g": "10", "bf": "2", "crf": "12", "x264-params": "scenecut=0:open-gop=0"}))
+    plan = plan_input(src, chunk_seconds=1.0)
+    assert len(plan.chunks) == 2 and plan.chunks[1].first_packet == 30
+    lead = lead_in(plan, plan.chunks[1], 0.5)
+    assert lead is not None and lead.first_packet == 10 and (lead.skip, lead.frames) == (8, 12)
+    assert lead_in(plan, plan.chunks[0], 0.5) is None and lead_in(plan, plan.chunks[1], 0.0) is None
+
+    config = RunConfig(model="video_small", backend="torch", device="cpu", codec="libx264", crf=0, progress=False)
+    engine = open_engine("video_small", backend="torch", device="cpu")
+    whole = str(tmp_path / "whole.mkv")
+    run(src, whole, config, engine=engine)
+    outputs = {}
+    for name, seconds in (("warm", 0.5), ("cold", 0.0)):
+        pieces = []
+        for chunk in plan.chunks:
+            piece = str(tmp_path / f"{name}{chunk.index}.mkv")
+            run_chunk(chunk, piece, run, config, engine, lead=lead_in(plan, chunk, seconds))
+            assert count_video_packets(piece) == chunk.frames
+            pieces.append(piece)
+        outputs[name] = str(tmp_path / f"{name}.mkv")
+        assert join(plan, pieces, outputs[name])["frames"] == 50
+    reference = _frames_of(whole)
+    assert not [n for n in os.listdir(tmp_path) if is_temp(n)]
+    diff = {name: np.abs(_frames_of(path) - reference).mean(axis=(1, 2, 3)) for name, path in outputs.items()}
+    assert len(reference) == 50 and all(len(d) == 50 for d in diff.values())
+    assert diff["warm"][:30].max() == diff["cold"][:30].max() == 0  # the first chunk is the unchunked run's
+    assert diff["warm"][30] < 1.0 and diff["cold"][30] > 5 * diff["warm"][30], (diff["warm"][30:], diff["cold"][30:])
+
+
 def test_temporary_names_publish_and_cleanup(tmp_path):
     final = str(tmp_path / "cam.mp4")
     tmp = temp_path(final)

@@ -156,6 +156,26 @@ def test_chunked_run_keeps_frames_timestamps_and_audio(cluster, tmp_path):
     assert all(np.array_equal(x, y) for x, y in zip(got, want))
 
 
+def test_chunks_of_a_video_network_start_warm(cluster, tmp_path):
+    from media import make_video
+
+    from unweather.cluster.planner import plan_input
+
+    clip = str(make_video(tmp_path / "still.mp4", frames=75, audio=False, options={
+        "g": "10", "bf": "2", "crf": "12", "x264-params": "scenecut=0:open-gop=0"}))
+    config = RunConfig(model="video_small", backend="torch", device="cpu", codec="libx264", crf=0)
+    whole = run_on_ray([clip], str(tmp_path / "whole"), config, archive(actors=1))
+    chunked = run_on_ray([clip], str(tmp_path / "chunked"), config, archive(chunk_seconds=1.0, actors=2))
+    starts = [c.first_packet for c in plan_input(clip, 1.0).chunks]
+    assert chunked["inputs"][0]["chunks"] == len(starts) == 3
+    assert whole["inputs"][0]["frames"] == chunked["inputs"][0]["frames"] == 75
+    got, want = (np.stack(frames_of(s["inputs"][0]["output"])).astype(np.int16) for s in (chunked, whole))
+    assert got.shape == want.shape and probe(chunked["inputs"][0]["output"])["times"] == probe(clip)["times"]
+    # Each chunk starts with the state its lead-in warmed: right after a boundary it is the unchunked run's.
+    for start in starts[1:]:
+        assert np.abs(got[start:start + 3] - want[start:start + 3]).mean() < 1.0, start
+
+
 def test_failed_chunk_is_reported_then_resumed(cluster, tmp_path):
     clip = make_clip(str(tmp_path / "gate.mp4"), seconds=3.0)
     out = str(tmp_path / "out")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from unweather.cli import main
-from unweather.demo import demo_photo, make_demo
+from unweather.demo import demo_photo, draw_label, label_font, make_demo
 
 
 def _frames(path) -> list[np.ndarray]:
@@ -45,6 +45,30 @@ def test_demo_haze_and_explicit_model(tmp_path) -> None:
     result = make_demo(tmp_path, frames=2, size=(96, 64), weather="haze", model="student_small")
     assert result.frames == 2 and result.model == "student_small"
     assert result.png.is_file() and result.fps > 0
+
+
+def _ink_columns(mask: np.ndarray) -> tuple[int, int]:
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(cols[0]), int(cols[-1])
+
+
+@pytest.mark.parametrize("width", [128, 640, 1920])
+@pytest.mark.parametrize("text", ["unweather fast", "rain (synthetic)"])
+def test_a_label_is_drawn_once(width, text) -> None:
+    background = np.full((width * 9 // 16, width, 3), 128, np.uint8)
+    labelled = draw_label(background, text).astype(int)
+    light, dark = (labelled > 128 + 8).any(-1), (labelled < 128 - 8).any(-1)
+    assert light.any() and dark.any()
+    # The outline hugs the white glyphs: a second copy of the text drawn at another advance (the doubled
+    # "unweather fastt") would reach past them.
+    (light_first, light_last), (dark_first, dark_last) = _ink_columns(light), _ink_columns(dark)
+    assert light_first - 3 <= dark_first and dark_last <= light_last + 3
+    # The white glyphs are those of one cv2.putText of the string at the label's font.
+    origin, scale, thickness = label_font(width)
+    once = background.copy()
+    cv2.putText(once, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    once_first, once_last = _ink_columns((once.astype(int) > 128 + 8).any(-1))
+    assert abs(light_first - once_first) <= 1 and abs(light_last - once_last) <= 1
 
 
 @pytest.mark.parametrize("size", ["641x360", "64", "16x16"])

@@ -1,10 +1,12 @@
 """ONNX export: ONNX Runtime vs torch parity at any frame size from one file (the graph pads, crops and clamps
-itself), the FP16 graph and its accuracy gate, every operator of every exported graph in TensorRT's list of
-natively supported ONNX operators, and exported files readable by other users (the umask)."""
+itself), the FP16 graph and its accuracy gate, every operator of every exported graph (the INT8 QDQ graph too) in
+TensorRT's list of natively supported ONNX operators, and exported files readable by other users (the umask).
+INT8 export itself: tests/test_engine_int8.py."""
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import stat
 from pathlib import Path
@@ -178,7 +180,8 @@ def test_fp16_graph_has_fp16_weights_fp32_io_and_passes_40_db_on_the_photo(expor
     assert value >= 40.0
 
 
-@pytest.mark.parametrize("name, precision", [(n, p) for n in (*STUDENTS, "msbdn") for p in ("fp32", "fp16")])
+@pytest.mark.parametrize("name, precision", [(n, p) for n in (*STUDENTS, "msbdn") for p in ("fp32", "fp16")]
+                         + [("student_small", "int8")])
 def test_every_exported_operator_is_native_in_tensorrt(exports, name, precision):
     if name == "msbdn" and precision == "fp16":
         # The same exporter without its accuracy gate: MSBDN in torch fp16 on a CPU takes minutes.
@@ -197,14 +200,27 @@ def test_every_exported_operator_is_native_in_tensorrt(exports, name, precision)
     assert model.graph.node[-1].op_type == "Clip" and model.graph.node[-1].output[0] == "restored"
     if precision == "fp16":
         assert "float" not in initializer_types(model), "an fp16 graph stores fp32 weights"
+    if precision == "int8":
+        assert {"QuantizeLinear", "DequantizeLinear"} <= set(graph_operators(model))
     missing = [op for op in graph_operators(model) if op not in supported]
     assert not missing, f"{name} {precision}: not native in TensorRT: {missing}"
-    float_types = {onnx.TensorProto.FLOAT: "FP32", onnx.TensorProto.FLOAT16: "FP16"}
-    value_types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.output)}
+    types = {onnx.TensorProto.FLOAT: "FP32", onnx.TensorProto.FLOAT16: "FP16", onnx.TensorProto.INT8: "INT8"}
+    initializers = {t.name: t for t in model.graph.initializer}
+    value_types = {v.name: v.type.tensor_type.elem_type
+                   for v in (*model.graph.input, *model.graph.value_info, *model.graph.output)}
+    value_types.update({name: t.data_type for name, t in initializers.items()})
     for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            # The table's types are what these take in (float to quantize, INT8 to dequantize), and the
+            # parser wants zero points of 0: explicit, symmetric quantization.
+            kind = types.get(value_types.get(node.input[0]))
+            assert kind in supported[node.op_type], f"{node.op_type} of {kind} is not native in TensorRT"
+            zero_point = onnx.numpy_helper.to_array(initializers[node.input[2]])
+            assert zero_point.dtype == np.int8 and not zero_point.any(), f"{node.name}: zero point not 0"
+            continue
         for output in node.output:
-            kind = float_types.get(value_types.get(output))
-            if kind is not None:
+            kind = types.get(value_types.get(output))
+            if kind in ("FP32", "FP16"):
                 assert kind in supported[node.op_type], f"{node.op_type} in {kind} is not native in TensorRT"
 
 
@@ -268,6 +284,10 @@ def test_fp16_gate_fails_below_the_threshold(tmp_path):
         export_onnx(_Cancelling(), tmp_path / "c.onnx", ExportConfig(precision="fp16"))
     report = export_onnx(_Cancelling(), tmp_path / "c.onnx", ExportConfig(precision="fp16", min_psnr=10))
     assert 10 <= min(report.psnr.values()) < 40
+    # What the gate measured travels with the file.
+    gate = json.loads(read_onnx_metadata(tmp_path / "c.onnx")["unweather.gate"])
+    assert gate["min_psnr"] == 10 and gate["worst_psnr"] == pytest.approx(min(report.psnr.values()), abs=1e-3)
+    assert set(gate["psnr"]) == set(report.psnr)
 
 
 def test_calibration_frames_are_checked_too(tmp_path):
@@ -288,6 +308,13 @@ def test_export_options_are_checked(tmp_path):
         export_onnx(net, tmp_path / "a.onnx", ExportConfig(opset=13))
     with pytest.raises(UnweatherError, match="only to --precision fp16"):
         export_onnx(net, tmp_path / "a.onnx", ExportConfig(keep_fp32=("x",)))
+    # An fp32 graph has no gate: its options are refused rather than ignored.
+    with pytest.raises(UnweatherError, match="--min-psnr applies only to --precision fp16 or int8"):
+        export_onnx(net, tmp_path / "a.onnx", ExportConfig(min_psnr=30))
+    with pytest.raises(UnweatherError, match="--calibration-frames applies only to --precision fp16 or int8"):
+        export_onnx(net, tmp_path / "a.onnx", ExportConfig(calibration_frames=tmp_path))
+    with pytest.raises(UnweatherError, match="supports fp32, fp16, int8, not 'bf16'"):
+        export_onnx(net, tmp_path / "a.onnx", ExportConfig(precision="bf16"))
     with pytest.raises(UnweatherError, match="matches no module"):
         export_onnx(_Overflowing(), tmp_path / "a.onnx", ExportConfig(precision="fp16", keep_fp32=("nothing*",)))
     with pytest.raises(UnweatherError, match="not found"):

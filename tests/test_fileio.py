@@ -64,3 +64,12 @@ def test_the_temporary_file_is_hidden_beside_the_target_and_replaced_in_one_step
         assert tmp.exists() and target.read_bytes() == b"previous"  # readers still see the old file
         tmp.write_bytes(b"new")
     assert target.read_bytes() == b"new" and not tmp.exists()
+
+
+def test_saved_checkpoints_get_the_permissions_of_an_ordinary_new_file(tmp_path, umask):
+    # safetensors writes its file anew with mode 0600; a service running as another user must read it.
+    from unweather.models import build, save
+
+    umask(0o022)
+    save(build("student_small"), tmp_path / "net.safetensors")
+    assert _mode(tmp_path / "net.safetensors") == 0o644

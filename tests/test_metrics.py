@@ -34,6 +34,36 @@ def test_rgb_metrics_match_scikit_image(seed, noise):
     assert ssim(a, b) == pytest.approx(_sk_ssim(a, b, channel_axis=2), abs=1e-5)
 
 
+def _photo(name: str) -> np.ndarray:
+    from importlib import resources
+
+    from unweather.media import read_rgb
+
+    return read_rgb(str(resources.files("unweather") / "assets" / name)).astype(np.float64) / 255.0
+
+
+@pytest.mark.parametrize("name", ["demo_photo.jpg", "check_photo.jpg"])
+def test_ssim_matches_scikit_image_on_photos(name):
+    import cv2
+
+    ref = _photo(name)
+    rng = np.random.default_rng(0)
+    degraded = {
+        "noise": np.clip(ref + 0.05 * rng.standard_normal(ref.shape), 0, 1),
+        "blur": cv2.GaussianBlur(ref, (0, 0), 2.0),
+        "veil": ref * 0.7 + 0.2,
+        "banding": np.round(ref * 31) / 31,
+        "nearly equal": np.clip(ref + 1 / 255, 0, 1),
+        "negative": 1.0 - ref,
+    }
+    ref_y = rgb2ycbcr(ref)[..., 0] / 255.0
+    for kind, test in degraded.items():
+        expected = _sk_ssim(test, ref, channel_axis=2)
+        assert ssim(test, ref) == pytest.approx(expected, abs=1e-6), kind
+        expected_y = _sk_ssim(rgb2ycbcr(test)[..., 0] / 255.0, ref_y, channel_axis=None)
+        assert ssim(test, ref, y_channel=True) == pytest.approx(expected_y, abs=1e-6), kind
+
+
 def test_y_channel_matches_matlab_rgb2ycbcr():
     a, b = _pair(3)
     ya, yb = rgb2ycbcr(a)[..., 0] / 255.0, rgb2ycbcr(b)[..., 0] / 255.0  # MATLAB's Y, 16..235

@@ -108,26 +108,20 @@ def test_haze_head_starts_neutral_and_inverts_the_scattering_model():
 
 @pytest.mark.parametrize("name,options", [(n, {}) for n in STUDENTS]
                          + [("student_small", {"haze_head": True}), ("student_small", GRID_FREE)])
-def test_onnx_export_uses_only_native_operators(name, options, tmp_path):
-    onnx = pytest.importorskip("onnx")
-    model = build(name, **options).eval()
-    path = tmp_path / "student.onnx"
-    torch.onnx.export(
-        model,
-        (torch.rand(1, 3, 32, 48),),
-        str(path),
-        input_names=["input"],
-        output_names=["output"],
-        dynamo=False,
-        opset_version=17,
-    )
-    graph = onnx.load(str(path)).graph
-    used = {node.op_type for node in graph.node}
+def test_onnx_export_uses_only_native_operators(name, options):
+    pytest.importorskip("onnx")
+    from unweather.engine.export import trace_graph
+
+    # The graph `unweather export` writes (torch's dynamo exporter, dynamic height and width), without
+    # the padding, crop and clamp the export adds around the network (nodes named "unweather_*").
+    graph = trace_graph(build(name, **options).eval()).graph
+    used = {node.op_type for node in graph.node if not node.name.startswith("unweather_")}
     allowed = {
         "Conv", "ConvTranspose", "Relu", "PRelu", "LeakyRelu", "Add", "Mul", "Concat", "Resize",
         "GlobalAveragePool", "ReduceMean", "Sigmoid", "Pad", "DepthToSpace", "SpaceToDepth", "Slice",
         "Constant", "Identity", "Reshape", "Transpose", "Sub", "Exp", "Clip", "Min", "ReduceMin",
         "ReduceMax",
+        "Shape", "Div",  # shape arithmetic for dynamic frame sizes (the 2x2 fold of a frame of any size)
     }  # fmt: skip
     assert used <= allowed, used - allowed
 

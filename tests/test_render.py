@@ -5,18 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_training import tiny_cfg
 
 from unweather.errors import UnweatherError
 from unweather.training import config as config_mod
 from unweather.training import data, render
 from unweather.training.synth import read_image
 
-from test_training import meta_dir, tiny_cfg  # noqa: F401 - the fixture, and the tiny preset
-
 
 def photo_from():
-    import cv2
     from importlib import resources
+
+    import cv2
 
     path = resources.files("unweather") / "assets" / "demo_photo.jpg"
     img = read_image(str(path))
@@ -83,3 +83,18 @@ def test_styled_resynth_batches(meta_dir):
     cfg.data.render_styles = [render.HELD_OUT_STYLE]
     with pytest.raises(UnweatherError, match="evaluation only"):
         cfg.validate()
+
+
+def test_night_scenes_are_dark_with_small_bright_lights_and_stay_pairs():
+    img = photo_from()
+    night = render.night_lights(img, np.random.default_rng(2))
+    assert night.shape == img.shape and night.dtype == np.float32
+    assert 0.0 <= night.min() and night.max() <= 1.0
+    # Mostly dark, with lights far brighter than the darkened scene around them.
+    assert np.median(night) < 0.5 * np.median(img)
+    assert (night.max(axis=2) > 0.5).mean() > 0.002
+    cam = render.CameraConfig(night=1.0, noise=0.0, jpeg=0.0)
+    target, inp = render.training_sample(img, None, np.random.default_rng(4), cam=cam)
+    assert np.array_equal(target, inp) and np.median(target) < 0.5 * np.median(img)
+    target, inp = render.training_sample(img, "rain", np.random.default_rng(4), cam=cam)
+    assert not np.array_equal(target, inp) and np.median(target) < 0.5 * np.median(img)

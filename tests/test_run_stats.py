@@ -83,7 +83,8 @@ def test_ray_archive_writes_stats_per_input_and_chunk_and_no_ray_noise(clips, tm
     for entry in data["inputs"]:
         chunks = [c for c in data["chunks"] if c["name"] == entry["name"]]
         assert chunks and all(c["node"] and c["worker"] for c in chunks)
-        assert entry["nodes"] == sorted({c["node"] for c in chunks}) and entry["workers"] == [c["worker"] for c in chunks]
+        assert entry["nodes"] == sorted({c["node"] for c in chunks})
+        assert entry["workers"] == [c["worker"] for c in chunks]
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):

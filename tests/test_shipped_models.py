@@ -53,19 +53,20 @@ def test_shipped_weights_load_with_metadata(name: str, arch: str) -> None:
     assert sorted(json.loads(meta["weathers"])) == sorted(WEATHERS)
     assert meta["training"].startswith("kc+ke")  # two-stage, possibly finished with plain L1
     data = json.loads(meta["data"])
-    assert data["made_by"] == "scripts/make_training_data.sh" and data["photos"]["train"]
+    # The photo corpus, fetched by package name and prepared by script, with the photos of each split.
+    assert "scripts/fetch_corpus.py" in data["made_by"] and data["photos"]["train"] and data["photos"]["valid"]
     run = Path(__file__).resolve().parents[1] / meta["training_run"]
     assert (run / "config.yaml").is_file() and (run / "metrics.jsonl").is_file()
     net = load_checkpoint(path)
     assert net.arch == arch
     assert all(p.dtype == torch.float32 for p in net.parameters())
-    # Both invert the scattering model with the haze head, trained on freshly rendered haze.
-    assert net.config.haze_head and net.haze is not None
-    assert json.loads(meta["run_config"])["data"]["resynth"] == ["haze"]
+    # Both invert the scattering model with a gated haze head, grid-free, trained on weather rendered afresh.
+    assert net.config.haze_head and net.config.haze_gate and net.config.upsample == "bilinear"
+    assert "haze" in json.loads(meta["run_config"])["data"]["resynth"]
 
 
 def test_shipped_weights_fit_in_ten_megabytes() -> None:
-    assert sum(shipped_weights(n).stat().st_size for n in ("fast", "quality")) <= 10 * 2**20
+    assert sum(shipped_weights(n).stat().st_size for n in ("fast", "quality", "video")) <= 10 * 2**20
 
 
 def test_default_model_on_cpu_is_fast() -> None:

@@ -123,16 +123,18 @@ def test_engine_batch_one_turns_batching_off(tmp_path: Path) -> None:
 
 
 def test_live_streams_keep_dropping_the_oldest_frame_behind_a_shared_engine(tmp_path: Path) -> None:
-    # Paced like cameras at 50 FPS, far faster than msbdn restores two streams on a CPU.
-    clips = [_clip(tmp_path / f"live{k}.mp4", k, frames=20, rate=50) for k in range(2)]
+    # Paced like cameras at 50 FPS, far faster than msbdn restores two streams on a CPU; long enough to
+    # outlast the start-up, during which frames wait rather than drop.
+    clips = [_clip(tmp_path / f"live{k}.mp4", k, frames=100, rate=50) for k in range(2)]
     engine = engines.open("msbdn", device="cpu")
     stats = run_many([str(c) for c in clips], str(tmp_path / "rec") + "/", RunConfig(mode="live", progress=False),
                      engine=engine)
     assert sum(s["dropped"] for s in stats.streams) > 0
     for s in stats.streams:
         assert s["mode"] == "live" and s["status"] == "done" and s["output"].endswith(".mkv")
-        assert s["frames_out"] + s["dropped"] == s["frames_in"] == 20
-        assert s["queues"]["decode"]["max_depth"] <= 2
+        assert s["frames_out"] + s["dropped"] == s["frames_in"] == 100
+        assert s["drops"]["overload"] > 0
+        assert s["queues"]["decode"]["max_depth"] <= 2 + 2 * 50  # 2 s of frames held while starting
         assert playable(s["output"]) == s["frames_out"]
 
 

@@ -34,6 +34,48 @@ def test_live_queue_never_drops_the_end_of_stream_marker() -> None:
     assert EOS in items and 2 in items and 1 not in items
 
 
+def test_a_held_queue_keeps_frames_then_release_cuts_the_oldest_by_cause() -> None:
+    gone = []
+    q = FrameQueue("decode", 2, drop_oldest=True, on_drop=gone.append)
+    q.hold(5, "startup")
+    for i in range(7):
+        q.put(i, 0.1)  # never blocks: beyond 5 the oldest go, as start-up drops
+    assert len(q) == 5 and gone == [0, 1] and q.drops == {"startup": 2}
+    assert q.release() == 3 and gone == [0, 1, 2, 3, 4]
+    assert q.drops == {"startup": 2, "overload": 3} and q.dropped == 5
+    q.put(7, 0.1)
+    assert [q.get(0.1), q.get(0.1)] == [6, 7] and q.drops["overload"] == 4
+    assert q.max_depth == 5
+
+
+def test_a_queue_held_without_a_limit_waits_for_room_instead_of_dropping() -> None:
+    q = FrameQueue("upload", 1, drop_oldest=True)
+    q.hold(None, "startup")
+    q.put("a", 0.1)
+    with pytest.raises(StallError):
+        q.put("b", 0.05)
+    threading.Timer(0.1, q.get, args=(1.0,)).start()
+    q.put("b", 2.0)  # waits until the consumer takes "a"
+    assert q.dropped == 0 and q.get(0.1) == "b"
+    q.release()
+    q.put("c", 0.1)
+    q.put("d", 0.1)
+    assert q.drops == {"overload": 1} and q.get(0.1) == "d"
+
+
+def test_a_ring_made_smaller_lets_its_extra_buffers_go_when_released() -> None:
+    made = []
+    ring = BufferRing("input", 2, lambda key: made.append(key) or object())
+    ring.resize(4)
+    bufs = [ring.acquire("k", 0.1) for _ in range(4)]
+    ring.resize(2)
+    for buf in bufs:
+        ring.release("k", buf)
+    assert [ring.acquire("k", 0.1) for _ in range(2)] and len(made) == 4
+    with pytest.raises(StallError):
+        ring.acquire("k", 0.05)
+
+
 def test_offline_queue_blocks_then_reports_a_stall() -> None:
     q = FrameQueue("encode", 1)
     q.put("a", 0.1)

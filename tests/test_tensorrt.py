@@ -142,7 +142,7 @@ def test_the_profile_rules_follow_the_graphs_metadata(tmp_path):
     export_onnx(build("identity"), path)
     frames = Profile(min=(1, 3, 9, 9), opt=(1, 3, 1080, 1920), max=(2, 3, 1080, 1920))
     assert check_graph_profile(path, frames) == {"pad_multiple": 16, "min_size": 1, "pads_in_graph": True,
-                                                 "clamped": True}
+                                                 "clamped": True, "stateful": False}
     # The same graph with the metadata of the previous layout: padded sizes only.
     model = onnx.load(str(path))
     kept = [p for p in model.metadata_props if p.key in ("unweather.pad_multiple", "unweather.min_size")]
@@ -152,6 +152,39 @@ def test_the_profile_rules_follow_the_graphs_metadata(tmp_path):
     with pytest.raises(UnweatherError, match=r"--min-shape 1x3x9x9: the height must be a multiple of 16"):
         check_graph_profile(path, frames)
     assert check_graph_profile(path, Profile())["pads_in_graph"] is False
+
+
+def test_a_video_networks_state_inputs_get_the_frames_profile_at_their_channels():
+    from unweather.engine.tensorrt_build import input_profiles
+
+    profile = Profile(min=(1, 3, 9, 9), opt=(2, 3, 360, 640), max=(4, 3, 1080, 1920))
+    assert input_profiles(["frames"], profile) == {"frames": (profile.min, profile.opt, profile.max)}
+    shapes = input_profiles(["weight", "input", "background"], profile)
+    assert shapes["input"] == shapes["background"] == (profile.min, profile.opt, profile.max)
+    assert shapes["weight"] == ((1, 1, 9, 9), (2, 1, 360, 640), (4, 1, 1080, 1920))
+    with pytest.raises(UnweatherError, match="inputs frames, mask"):
+        input_profiles(["frames", "mask"], profile)
+
+
+def test_engine_tensors_are_taken_by_name_for_a_video_network():
+    from unweather.engine.tensorrt_backend import video_io
+
+    assert video_io(["frames"], ["restored"]) == (["frames"], ["restored"])
+    names = video_io(["weight", "background", "input"], ["weight_out", "output", "background_out"])
+    assert names == (["input", "background", "weight"], ["output", "background_out", "weight_out"])
+    with pytest.raises(UnweatherError, match="2 inputs and 1 outputs"):
+        video_io(["a", "b"], ["c"], "x.plan")
+
+
+def test_the_profile_rules_of_a_video_graph(tmp_path):
+    from unweather.engine.export import export_onnx
+    from unweather.engine.tensorrt_build import check_graph_profile
+    from unweather.models import build
+
+    path = tmp_path / "video.onnx"
+    export_onnx(build("video_small"), path)
+    facts = check_graph_profile(path, Profile(min=(1, 3, 9, 9)))
+    assert facts["stateful"] is True and facts["pads_in_graph"] is True and facts["pad_multiple"] == 16
 
 
 def test_an_input_outside_the_profile_is_a_clear_error():
@@ -194,7 +227,8 @@ def test_rebuild_reason_accepts_only_an_intact_engine_built_for_this_machine(tmp
     meta = read_sidecar(plan)
     assert meta["plan_size"] == 1000 and meta["precision"] == "fp16" and sidecar_path(plan).name == "model.plan.json"
     assert rebuild_reason(plan, expected) is None
-    for changes, words in [({"tensorrt_version": "11.0.0"}, "another TensorRT"), ({"gpu_name": "NVIDIA L4"}, "another GPU"),
+    for changes, words in [({"tensorrt_version": "11.0.0"}, "another TensorRT"),
+                           ({"gpu_name": "NVIDIA L4"}, "another GPU"),
                            ({"compute_capability": "8.9"}, "another compute capability"),
                            ({"onnx_sha256": "c" * 64}, "another ONNX graph"),
                            ({"profile": Profile(max=(1, 3, 2160, 3840))}, "another profile"),
@@ -278,7 +312,8 @@ _HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 
 def needs_tensorrt(test):
     """Mark `test` as needing TensorRT and a GPU, skipped with the reason where either is missing."""
-    test = pytest.mark.skipif(not _HAVE_TRT, reason="TensorRT is not installed (pip install 'unweather[tensorrt]')")(test)
+    reason = "TensorRT is not installed (pip install 'unweather[tensorrt]')"
+    test = pytest.mark.skipif(not _HAVE_TRT, reason=reason)(test)
     test = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test)
     return pytest.mark.tensorrt(test)
 _SMALL = Profile(min=(1, 3, 32, 32), opt=(1, 3, 64, 96), max=(2, 3, 128, 128))

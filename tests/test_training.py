@@ -6,7 +6,6 @@ import itertools
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -27,27 +26,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def meta_dir(tmp_path_factory) -> Path:
-    """A tiny synthetic data set: 3 photos, 32 px crops, rain/snow/haze and a clean set."""
-    import cv2
-
-    from unweather.training.synth import synthesize
-
-    root = tmp_path_factory.mktemp("synth")
-    rng = np.random.default_rng(0)
-    photos = []
-    yy, xx = np.mgrid[0:80, 0:96]
-    for i in range(3):
-        image = np.stack([(xx * (i + 1) * 2) % 255, (yy * 3 + 40 * i) % 255, (xx + yy) % 255], -1)
-        image = (image + rng.integers(0, 20, image.shape)).clip(0, 255).astype(np.uint8)
-        path = root / f"photo{i}.png"
-        cv2.imwrite(str(path), image)
-        photos.append(path)
-    synthesize(photos, root / "data", crops=2, size=32, seed=0, valid_fraction=0.34, clean_pairs=1)
-    return root / "data"
 
 
 def tiny_cfg() -> config_mod.TrainConfig:
@@ -231,7 +209,7 @@ def test_kc_stage_trains_student_and_ckt_not_teachers(meta_dir, mcr):
     sum(terms.values()).backward()
     missing = [n for n, ok in grads_of(body).items() if not ok]
     assert not missing, f"no gradient: {missing}"
-    for w, t in teachers:
+    for _, t in teachers:
         assert all(p.grad is None for p in t.parameters())
         assert not t.training
     torch.optim.Adam(body.parameters(), lr=1e-2).step()

@@ -113,3 +113,22 @@ def bf16_refusal(caps: CpuCapabilities) -> str | None:
     return (f"this CPU ({caps.model or caps.machine}, {caps.kind}) has no native bf16 (no AVX-512 bf16 or AMX): "
             f"bf16 would be emulated, many times slower than fp32; use --precision fp32 (or int8), "
             f"or --allow-slow-precision to run it anyway")
+
+
+def describe(data: dict[str, object]) -> str:
+    """One line naming a CPU and what it runs fast, from `CpuCapabilities.to_dict()` (a results file's "cpu").
+
+    Results written before flags were recorded give the model alone.
+    """
+    model = str(data.get("model") or "unknown CPU")
+    flags = data.get("flags")
+    if not isinstance(flags, dict):
+        return model
+    present = [name for name in FLAGS if flags.get(name)]
+    bf16, int8 = bool(data.get("native_bf16")), bool(data.get("native_int8"))
+    native = ("native bf16 and int8" if bf16 and int8 else "native bf16, no native int8" if bf16
+              else "native int8, no native bf16" if int8 else "no AVX-512 bf16, VNNI or AMX: no native bf16 or int8")
+    parts = [f"{data.get('kind', '?')}: {' '.join(present) or 'none of ' + ', '.join(FLAGS)}", native]
+    if data.get("torch_capability"):
+        parts.append(f"torch kernels {data['torch_capability']}")
+    return f"{model} ({'; '.join(parts)})"

@@ -15,8 +15,12 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from unweather.errors import UnweatherError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -114,17 +118,34 @@ def _psnr(frames: list, reference: list) -> float:
     return float(psnr(np.stack(frames[:n]), np.stack(reference[:n]), data_range=255.0))
 
 
-def _label(image, text: str):
-    import cv2
+def label_font(width: int) -> tuple[tuple[int, int], float, int]:
+    """Where and how big `draw_label` writes on a frame `width` pixels wide: origin, scale and thickness
+    of `cv2.FONT_HERSHEY_SIMPLEX`."""
+    scale = max(0.4, width / 900)
+    return (8, int(28 * scale) + 4), scale, max(1, round(scale * 2))
 
-    image = image.copy()
-    scale = max(0.4, image.shape[1] / 900)
-    thickness = max(1, round(scale * 2))
-    cv2.putText(image, text, (8, int(28 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2,
-                cv2.LINE_AA)
-    cv2.putText(image, text, (8, int(28 * scale) + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
-                thickness, cv2.LINE_AA)
-    return image
+
+def draw_label(image: np.ndarray, text: str) -> np.ndarray:
+    """Return a copy of an RGB uint8 `image` with `text` in white on a dark outline at its top left.
+
+    The outline is the text's own coverage widened by a pixel or two, not a second, thicker `cv2.putText`:
+    Hershey glyphs advance further at a greater thickness, so a thicker copy drifts off the thin one and
+    the label reads with doubled glyphs ("unweather fastt").
+    """
+    import cv2
+    import numpy as np
+
+    origin, scale, thickness = label_font(image.shape[1])
+    ink = np.zeros(image.shape[:2], np.uint8)
+    cv2.putText(ink, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, 255, thickness, cv2.LINE_AA)
+    side = 2 * max(1, thickness // 2) + 1
+    halo = cv2.dilate(ink, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side)))
+    text_alpha = ink.astype(np.float32)[..., None] / 255.0
+    # Anti-aliased thin strokes rarely reach full coverage: the outline is made solid to be read on any scene.
+    halo_alpha = np.minimum(halo.astype(np.float32)[..., None] * (2.0 / 255.0), 1.0)
+    out = image.astype(np.float32) * (1.0 - halo_alpha)
+    out = out * (1.0 - text_alpha) + 255.0 * text_alpha
+    return np.rint(out).clip(0, 255).astype(np.uint8)
 
 
 def make_demo(output: str | Path, frames: int = 48, size: tuple[int, int] = (640, 360), weather: str = "rain",
@@ -183,7 +204,7 @@ def make_demo(output: str | Path, frames: int = 48, size: tuple[int, int] = (640
     if len(restored) != len(seen):
         raise UnweatherError(f"the restored clip has {len(restored)} frames, not {len(seen)}")
 
-    pairs = [np.hstack([_label(a, f"{weather} (synthetic)"), _label(b, f"unweather {Path(model_name).stem}")])
+    pairs = [np.hstack([draw_label(a, f"{weather} (synthetic)"), draw_label(b, f"unweather {Path(model_name).stem}")])
              for a, b in zip(seen, restored, strict=True)]
     before_after = out_dir / "before_after.mp4"
     _write_video(before_after, pairs)

@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", help="inference backend (default: the engine's choice)")
     p.add_argument("--device", help="device, e.g. cpu or cuda (default: the engine's choice)")
     p.add_argument("--precision", help="fp32, fp16 or bf16 (default: the engine's choice)")
+    p.add_argument("--allow-slow-precision", action="store_true",
+                   help="score --precision bf16 on a CPU without native bf16 anyway (emulated: many times slower "
+                        "than fp32; refused otherwise)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow a checkpoint that pickles Python objects (runs code: only for files you trust)")
     p.add_argument("--limit", type=int, metavar="N", help="score only the first N pairs of each data set")
@@ -47,11 +50,16 @@ def eval_handler(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise UnweatherError(f"--limit must be at least 1, got {args.limit}")
+    if args.allow_slow_precision and args.precision != "bf16":
+        raise UnweatherError("--allow-slow-precision applies to --precision bf16 (emulated on CPUs without native "
+                             "bf16): give --precision bf16 too.")
     datasets = load_meta(args.meta_dir, args.split, root=args.root)
     options = {key: value for key, value in (("backend", args.backend), ("device", args.device),
                                              ("precision", args.precision)) if value is not None}
     if args.trust_checkpoint:
         options["trusted"] = True
+    if args.allow_slow_precision:
+        options["allow_slow_precision"] = True
     eng = engine_mod.open(args.model, **options)
     log.info("evaluating %s (%s) on %s", args.model, eng.describe(), ", ".join(datasets))
     with eng:

@@ -49,9 +49,13 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _create_temp(path, suffix)
+    mode = os.fstat(fd).st_mode & 0o7777
     os.close(fd)
     try:
         yield tmp
+        # Some writers (safetensors) replace the file by name with one of mode 0600: give back the mode.
+        if os.stat(tmp).st_mode & 0o7777 != mode:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

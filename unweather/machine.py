@@ -34,13 +34,9 @@ def load_average() -> list[float] | None:
 
 def cpu_model() -> str:
     """Return the CPU's model name (from /proc/cpuinfo on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from unweather.cpu import detect
+
+    return detect().model
 
 
 def library_versions() -> dict[str, str | None]:
@@ -120,8 +116,15 @@ def _nvidia_driver_version() -> str | None:
 
 
 def machine_info() -> dict[str, Any]:
-    """Describe this machine and checkout: CPU, RAM, GPUs, versions, git commit, time and load."""
+    """Describe this machine and checkout: CPU, RAM, GPUs, versions, git commit, time and load.
+
+    The CPU entry carries its model, kind ("AVX2", "AVX-512 bf16", "AMX", ...), the flags that decide
+    which kernels run fast (`unweather.cpu.FLAGS`), whether bf16 and int8 run natively, and torch's
+    kernel level: a CPU figure means little without them.
+    """
     import psutil
+
+    from unweather.cpu import detect
 
     threads: int | None = None
     try:
@@ -135,7 +138,7 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu": {
-            "model": cpu_model(),
+            **detect().to_dict(),
             "cores": psutil.cpu_count(logical=False),
             "threads": psutil.cpu_count(logical=True),
             "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,

@@ -21,11 +21,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from unweather.errors import UnweatherError
-from unweather.media import VIDEO_EXTENSIONS, is_url, video_output_extension
+from unweather.media import VIDEO_EXTENSIONS, is_url, is_video_file, video_output_extension
 from unweather.redact import redact
 
 __all__ = ["Source", "apply_options", "expand_inputs", "is_sources_file", "is_url", "load_sources", "output_path",
@@ -85,7 +86,7 @@ def expand_inputs(inputs: Iterable[str]) -> list[Source]:
             tail = item.split("://", 1)[1].split("@")[-1]
             found.append((_safe_name(tail.split("?")[0]), item))
         elif os.path.isdir(item):
-            names = sorted(n for n in os.listdir(item) if n.lower().endswith(VIDEO_EXTENSIONS))
+            names = sorted(n for n in os.listdir(item) if is_video_file(n))
             if not names:
                 raise UnweatherError(f"folder {item} has no video files ({', '.join(VIDEO_EXTENSIONS)})")
             found += [(_safe_name(os.path.splitext(n)[0]), os.path.join(item, n)) for n in names]
@@ -105,13 +106,10 @@ def _load_document(path: str) -> Any:
     except OSError as exc:
         raise UnweatherError(f"cannot read sources file {path}: {exc.strerror}") from exc
     if ext == ".toml":
-        try:
+        if sys.version_info >= (3, 11):
             import tomllib
-        except ImportError:  # Python 3.10
-            try:
-                import tomli as tomllib
-            except ImportError as exc:
-                raise UnweatherError("TOML sources files need Python 3.11+ or the tomli package") from exc
+        else:  # the same parser, a dependency on Python 3.10
+            import tomli as tomllib
         try:
             return tomllib.loads(raw.decode("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

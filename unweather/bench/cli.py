@@ -7,17 +7,21 @@ import importlib.util
 import logging
 import shlex
 
+from unweather.bench.config import DEFAULT_TIME_LIMIT_S
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_BACKENDS = ("torch", "onnxruntime", "tensorrt")
 DEFAULT_PRECISIONS = ("fp32", "fp16")
-# torch has few fp16 kernels on the CPU (several times slower than fp32), while bf16 has native ones.
+# torch has few fp16 kernels on the CPU (several times slower than fp32); bf16 runs natively on CPUs with
+# AVX-512 bf16 or AMX, and is skipped with the reason on the others.
 DEFAULT_CPU_PRECISIONS = ("fp32", "bf16")
 DEFAULT_RESOLUTIONS = ("640x360", "1280x720")
 
 _EPILOG = """\
 examples:
   unweather bench                                    # the default model, every backend, synthetic clip
+                                                     # (a few minutes at most: 30 s per combination)
   unweather bench dashcam.mp4 --resolutions 1920x1080 --json bench.json --plot bench.png
   unweather bench --models student_small msbdn@640x360 --backends torch torch:cuda_graph tensorrt \\
       --precisions fp32 fp16 --device cuda --markdown table.md
@@ -26,6 +30,12 @@ examples:
 
 A backend may carry engine options: torch:compile, torch:cuda_graph, onnxruntime:threads=2,
 onnxruntime:device=cpu. A model may be limited to some resolutions: msbdn@640x360.
+
+Only what makes sense on this machine is measured; the rest is listed as skipped, with the reason:
+backends or devices that are missing, bf16 on a CPU without native bf16 (AVX-512 bf16 or AMX: it is
+emulated there, many times slower) and torch fp16 on the CPU (few kernels). --allow-slow-precision
+measures those too; --precisions bf16 on such a CPU is refused without it. The table's header names
+the CPU with its flags.
 """
 
 
@@ -57,6 +67,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "backend, precision, resolution, batch; values may use * and ?)")
     parser.add_argument("--max-call-seconds", type=float, metavar="S",
                         help="skip a combination whose first engine call takes longer than S seconds")
+    parser.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT_S, metavar="S",
+                        help="stop measuring a combination S seconds after its engine is open (the engine alone "
+                             "gets half of it when the pipeline is measured too) and report it as timed out with "
+                             f"what it measured so far; 0: no limit (default: {DEFAULT_TIME_LIMIT_S:g})")
+    parser.add_argument("--allow-slow-precision", action="store_true",
+                        help="also measure bf16 on a CPU without native bf16 and torch fp16 on the CPU (many times "
+                             "slower than fp32; skipped, or refused when asked for with --precisions, otherwise)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     parser.add_argument("--json", metavar="FILE", help="write every measurement with machine info as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw FPS per backend and latency distributions")
@@ -65,7 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--live", type=float, metavar="FPS",
                         help="also feed the clip to the pipeline in live mode at FPS frames per second, as a "
                              "camera would: end-to-end latency p50/p95/p99 and dropped frames")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (it shows the ETA; off anyway when stderr is not a terminal)")
     parser.set_defaults(func=handle)
 
 
@@ -101,6 +119,9 @@ def command_line(args: argparse.Namespace) -> str:
         words += ["--exclude", *args.exclude]
     if args.max_call_seconds is not None:
         words += ["--max-call-seconds", f"{args.max_call_seconds:g}"]
+    words += ["--time-limit", f"{args.time_limit:g}"]
+    if args.allow_slow_precision:
+        words.append("--allow-slow-precision")
     if args.no_pipeline:
         words.append("--no-pipeline")
     if getattr(args, "live", None) is not None:
@@ -121,7 +142,7 @@ def handle(args: argparse.Namespace) -> int:
         parse_resolution,
     )
     from unweather.bench.report import markdown_report, write_plot
-    from unweather.bench.runner import resolve_device, run_bench
+    from unweather.bench.runner import measured, resolve_device, run_bench
     from unweather.errors import UnweatherError
     from unweather.machine import save_results
 
@@ -136,6 +157,13 @@ def handle(args: argparse.Namespace) -> int:
         args.models = [default(device) if default else "identity"]
     if not args.precisions:
         args.precisions = list(DEFAULT_CPU_PRECISIONS if device.type == "cpu" else DEFAULT_PRECISIONS)
+    elif not args.allow_slow_precision:
+        from unweather.engine.loader import slow_precision_refusal
+
+        # Asked for by name: refused in one line (the defaults skip it with the reason instead).
+        refusal = next(filter(None, (slow_precision_refusal(p, device.type) for p in args.precisions)), None)
+        if refusal:
+            raise UnweatherError(refusal)
     if not args.resolutions:
         args.resolutions = [_input_resolution(args.input)] if args.input else list(DEFAULT_RESOLUTIONS)
     config = BenchConfig(
@@ -153,6 +181,8 @@ def handle(args: argparse.Namespace) -> int:
         exclude=[parse_exclusion(e) for e in args.exclude],
         max_call_s=args.max_call_seconds,
         live_rate=args.live,
+        time_limit_s=args.time_limit or None,
+        allow_slow_precision=args.allow_slow_precision,
     )
     # Each combination's results are saved as they come: a run killed after hours keeps them.
     on_result = (lambda partial: save_results(args.json, partial)) if args.json else None
@@ -173,7 +203,7 @@ def handle(args: argparse.Namespace) -> int:
     if payload.get("interrupted"):
         return 130
     results = payload["results"]
-    ok = sum(r["status"] == "ok" for r in results)
+    ok = sum(measured(r) for r in results)
     failed = sum(r["status"] == "failed" or (r.get("pipeline") or {}).get("status") == "failed"
                  or (r.get("live") or {}).get("status") == "failed" for r in results)
     if not ok:

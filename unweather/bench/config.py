@@ -13,6 +13,8 @@ BACKENDS = ("torch", "onnxruntime", "tensorrt")
 # The reference every other combination is compared with.
 BASELINE_BACKEND = "torch"
 BASELINE_PRECISION = "fp32"
+# Seconds one combination may measure for (from its engine being open) before it stops as timed out.
+DEFAULT_TIME_LIMIT_S = 30.0
 
 _RESOLUTION = re.compile(r"^(\d+)[xX](\d+)$")
 
@@ -182,6 +184,11 @@ class BenchConfig:
         live_rate: also run the pipeline in live mode on the clip paced at this many frames per
             second, as a camera delivers them: end-to-end latency percentiles and dropped frames
             (None: not measured).
+        time_limit_s: seconds each combination may measure for, from its engine being open (engine,
+            pipeline and live together); one that runs out stops and is reported as timed out with
+            what it measured so far (None: no limit).
+        allow_slow_precision: also measure precisions this CPU only emulates or has few kernels for
+            (bf16 without native bf16, torch fp16 on the CPU); skipped with the reason otherwise.
     """
 
     input: str | None = None
@@ -199,6 +206,8 @@ class BenchConfig:
     max_call_s: float | None = None
     sample_interval_s: float = 0.05
     live_rate: float | None = None
+    time_limit_s: float | None = DEFAULT_TIME_LIMIT_S
+    allow_slow_precision: bool = False
 
     def validate(self) -> None:
         """Raise `UnweatherError` for a setting that cannot be measured."""
@@ -213,6 +222,9 @@ class BenchConfig:
             raise UnweatherError("--frames and --repeats must be at least 1 and --warmup at least 0")
         if self.max_call_s is not None and self.max_call_s <= 0:
             raise UnweatherError("--max-call-seconds must be positive")
+        if self.time_limit_s is not None and not self.time_limit_s > 0:
+            raise UnweatherError(f"--time-limit must be positive (0 on the command line: no limit), not "
+                                 f"{self.time_limit_s:g}")
         if self.live_rate is not None and not 0 < self.live_rate <= 1000:
             raise UnweatherError(f"--live takes a frame rate above 0 (and at most 1000), not {self.live_rate:g}")
         for spec in self.models:
@@ -240,4 +252,6 @@ class BenchConfig:
             "exclude": [e.label for e in self.exclude],
             "max_call_s": self.max_call_s,
             "live_rate": self.live_rate,
+            "time_limit_s": self.time_limit_s,
+            "allow_slow_precision": self.allow_slow_precision,
         }

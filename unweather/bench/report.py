@@ -23,27 +23,39 @@ def _fps(value: float, per_repeat: list[float], spread: float) -> str:
     return f"{value:.1f} ±{100 * spread / 2:.0f}%" if len(per_repeat) > 1 else f"{value:.1f}"
 
 
+def _measured(row: dict[str, Any]) -> bool:
+    # Rows that timed out after some timed calls keep their figures (see unweather.bench.runner.measured).
+    return row.get("status") in ("ok", "timed_out") and "engine" in row
+
+
 def _table_row(row: dict[str, Any]) -> list[str]:
     eng = row["engine"]
     lat = eng["latency_ms"]
     pipe = row.get("pipeline") or {}
-    pipe_ok = pipe.get("status") == "ok"
+    pipe_ok = "fps" in pipe
     if pipe_ok:
         pipe_fps = _fps(pipe["fps"], pipe["fps_per_repeat"], pipe["fps_spread"])
+        if pipe.get("status") == "timed_out":
+            pipe_fps += " (timed out)"
         plat = pipe.get("latency_ms") or {}
         pipe_lat = (f"{_ms(plat['p50'])} / {_ms(plat['p99'])}" if "p50" in plat and "p99" in plat else "–")
     else:
-        pipe_fps, pipe_lat = pipe.get("status", "not run"), "–"
+        pipe_fps, pipe_lat = pipe.get("status", "not run").replace("timed_out", "timed out"), "–"
     rss = (row.get("resources") or {}).get("rss_peak_mb")
+    engine_fps = _fps(eng["fps"], eng["fps_per_repeat"], eng["fps_spread"])
+    if eng.get("timed_out"):
+        engine_fps += f" (timed out, {len(eng['samples_ms'])} calls)"
     return [row["model"], row["backend_label"], row["precision"], row["resolution"], str(row["batch"]),
-            _fps(eng["fps"], eng["fps_per_repeat"], eng["fps_spread"]),
+            engine_fps,
             _ms(lat["median"]), _ms(lat["p95"]), _ms(lat["p99"]), _fmt(eng.get("x_vs_baseline"), 2, "x"),
             pipe_fps, pipe_lat, _fmt(pipe.get("x_vs_baseline"), 2, "x") if pipe_ok else "–",
             _fmt(rss, 0)]
 
 
 def machine_line(payload: dict[str, Any]) -> str:
-    """One sentence naming the machine, libraries, commit, load and run settings of `payload`."""
+    """One sentence naming the machine (the CPU with its flags), libraries, commit, load and run settings."""
+    from unweather.cpu import describe
+
     machine = payload["machine"]
     cpu = machine["cpu"]
     libs = machine["libraries"]
@@ -61,9 +73,10 @@ def machine_line(payload: dict[str, Any]) -> str:
     if share:
         load += f"; other processes kept {share['others_pct']:.0f}% of the CPUs busy during the run"
     calls = "call" if cfg["warmup"] == 1 else "calls"
-    return (f"{cpu['model']} ({cpu['cores']} cores, {cpu['threads']} threads, torch threads "
-            f"{cpu['torch_threads']}), {gpu}, device {payload['device']}; {versions}; commit {commit}; "
-            f"{cfg['frames']} frames x {cfg['repeats']} repeats after {cfg['warmup']} warm-up {calls}"
+    limit = f", at most {cfg['time_limit_s']:g} s per combination" if cfg.get("time_limit_s") else ""
+    return (f"{describe(cpu)}, {cpu['cores']} cores, {cpu['threads']} threads, torch threads "
+            f"{cpu['torch_threads']}; {gpu}, device {payload['device']}; {versions}; commit {commit}; "
+            f"{cfg['frames']} frames x {cfg['repeats']} repeats after {cfg['warmup']} warm-up {calls}{limit}"
             f"{load}; {machine['timestamp']}.")
 
 
@@ -74,25 +87,27 @@ def loaded(payload: dict[str, Any]) -> bool:
 
 
 # How a status that is not "ok" reads in the table: a skip is no fault, a failure is an error to look into.
-STATUS_WORDS = {"skipped": "skipped (not applicable here)", "failed": "failed (error)"}
+STATUS_WORDS = {"skipped": "skipped (not applicable here)", "failed": "failed (error)", "timed_out": "timed out"}
 
 
 def markdown_table(payload: dict[str, Any]) -> str:
-    """The results as a markdown table, then the skipped combinations (not applicable here) and the
-    failed ones (errors), each with its reason."""
+    """The results as a markdown table, then the failed combinations (errors), the timed-out ones (in
+    the table too when they timed some calls) and the skipped ones (not applicable here), each with
+    its reason."""
     rows = payload["results"]
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     for row in rows:
-        if row["status"] == "ok":
+        if _measured(row):
             lines.append("| " + " | ".join(_table_row(row)) + " |")
     others = [r for r in rows if r["status"] != "ok"]
+    order = {"failed": 0, "timed_out": 1}
     if others:
         lines.append("")
-        for row in sorted(others, key=lambda r: r["status"] != "failed"):
+        for row in sorted(others, key=lambda r: order.get(r["status"], 2)):
             lines.append(f"- {STATUS_WORDS.get(row['status'], row['status'])}: {row['model']} {row['backend_label']} "
                          f"{row['precision']} {row['resolution']} batch {row['batch']}: {row['reason']}")
     pipe_reasons = {(r["pipeline"]["status"], r["pipeline"]["reason"]) for r in rows
-                    if r["status"] == "ok" and r.get("pipeline") and r["pipeline"].get("status") != "ok"}
+                    if _measured(r) and r.get("pipeline") and "fps" not in r["pipeline"]}
     for status, reason in sorted(pipe_reasons):
         lines.append(f"- pipeline {STATUS_WORDS.get(status, status)}: {reason}")
     lines += live_table(rows)
@@ -105,18 +120,19 @@ LIVE_COLUMNS = ("model", "backend", "precision", "resolution", "input FPS", "fra
 
 def live_table(rows: list[dict[str, Any]]) -> list[str]:
     """Lines of the live-mode table (`bench --live`): latency percentiles and drops; none without it."""
-    live = [r for r in rows if r["status"] == "ok" and r.get("live")]
+    live = [r for r in rows if _measured(r) and r.get("live")]
     if not live:
         return []
     lines = ["", "| " + " | ".join(LIVE_COLUMNS) + " |", "|" + "|".join("---" for _ in LIVE_COLUMNS) + "|"]
     for row in live:
         lv = row["live"]
         head = [row["model"], row["backend_label"], row["precision"], row["resolution"]]
-        if lv.get("status") != "ok":
+        if "latency_ms" not in lv:
             lines.append("| " + " | ".join([*head, "–", f"{lv['status']}: {lv['reason']}", "–", "–", "–"]) + " |")
             continue
         lat = lv["latency_ms"]
-        cells = [f"{lv['rate']:g}", f"{lv['frames_in']} / {lv['frames_out']} / {lv['dropped']}",
+        rate = f"{lv['rate']:g}" + (" (timed out)" if lv.get("status") == "timed_out" else "")
+        cells = [rate, f"{lv['frames_in']} / {lv['frames_out']} / {lv['dropped']}",
                  *(_ms(lat[k]) if lat.get(k) is not None else "–" for k in ("p50", "p95", "p99"))]
         lines.append("| " + " | ".join([*head, *cells]) + " |")
     return lines
@@ -149,7 +165,7 @@ def write_plot(payload: dict[str, Any], path: str | Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rows = [r for r in payload["results"] if r["status"] == "ok"]
+    rows = [r for r in payload["results"] if _measured(r)]
     models = list(dict.fromkeys(r["model"] for r in rows)) or ["(nothing ran)"]
     variants = list(dict.fromkeys(f"{r['backend_label']} {r['precision']}" for r in rows))
     fig = Figure(figsize=(max(8.0, 4.0 * len(models)), 9.0), layout="constrained")
@@ -174,7 +190,7 @@ def write_plot(payload: dict[str, Any], path: str | Path) -> Path:
                         lo.append(eng["fps"] - eng["fps_min"])
                         hi.append(eng["fps_max"] - eng["fps"])
                         pipe = r.get("pipeline") or {}
-                        if pipe.get("status") == "ok":
+                        if "fps" in pipe:
                             pipe_x.append(x)
                             pipe_y.append(pipe["fps"])
             if xs:

@@ -2,7 +2,9 @@
 
 For each model, resolution and batch, the torch fp32 eager engine on the run's device is measured
 first (the baseline); every other backend and precision is then measured on the same frames and
-compared with it. A combination that cannot run is recorded with its reason and the rest go on.
+compared with it. A combination that cannot run, or that would only show how slowly this machine
+emulates a precision, is recorded as skipped with its reason and the rest go on; one that runs past
+its time limit stops and keeps what it measured ("timed_out").
 """
 
 from __future__ import annotations
@@ -142,8 +144,32 @@ def tensorrt_profile(combo: Combination) -> dict[str, str]:
             "max_shape": f"{max(b, 4)}x3x{max(h, 1088)}x{max(w, 1920)}"}
 
 
-def precheck(combo: Combination, device: torch.device) -> str | None:
-    """Why `combo` cannot run here (a reason for the results), or None when it may be tried."""
+def slow_precision_reason(combo: Combination, device: torch.device) -> str | None:
+    """Why measuring `combo` here would only show how slowly this machine runs its precision, or None.
+
+    bf16 on a CPU without native bf16 is emulated, and torch has few fp16 kernels on the CPU: both
+    run many times slower than fp32 (36x and 25x measured on 2-core AMD EPYCs).
+    """
+    device, _ = _split_device(combo, device)
+    if device.type != "cpu" or combo.backend.name != "torch":
+        return None
+    if combo.precision == "bf16":
+        from unweather.cpu import detect
+
+        caps = detect()
+        if not caps.native_bf16:
+            return (f"no native bf16 on this CPU ({caps.model}, {caps.kind}: no AVX-512 bf16 or AMX): emulated, "
+                    f"many times slower than fp32; --allow-slow-precision measures it")
+    if combo.precision == "fp16":
+        return "torch has few fp16 kernels on the CPU: many times slower than fp32; --allow-slow-precision measures it"
+    return None
+
+
+def precheck(combo: Combination, device: torch.device, allow_slow_precision: bool = False) -> str | None:
+    """Why `combo` cannot run here, or makes no sense here (a reason for the results), or None when it may
+    be tried; `allow_slow_precision` tries precisions this machine runs slowly too."""
+    if not allow_slow_precision and (reason := slow_precision_reason(combo, device)):
+        return reason
     device, options = _split_device(combo, device)
     if device.type == "cuda" and not torch.cuda.is_available():
         return "no CUDA GPU (torch.cuda.is_available() is False)"
@@ -169,7 +195,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def classify_failure(exc: BaseException, combo: Combination, opening: bool = False) -> tuple[str, str]:
-    """Return ("skipped" | "failed", reason) for an exception raised while measuring `combo`.
+    """Return ("skipped" | "failed" | "timed_out", reason) for an exception raised while measuring `combo`.
 
     "skipped" means not applicable here: a condition of the machine or the backend (out of memory, a
     missing library, an operator or precision the backend lacks, a first call slower than allowed,
@@ -182,6 +208,8 @@ def classify_failure(exc: BaseException, combo: Combination, opening: bool = Fal
         return "skipped", f"out of memory: {message}"
     if isinstance(exc, TooSlowError):
         return "skipped", message
+    if isinstance(exc, TimeLimitError):
+        return "timed_out", message
     if isinstance(exc, UnweatherError):
         return ("skipped" if opening else "failed"), message
     if isinstance(exc, ImportError):
@@ -208,8 +236,35 @@ class TooSlowError(UnweatherError):
     """A combination's first call took longer than the run allows."""
 
 
+class TimeLimitError(UnweatherError):
+    """A combination ran out of time before it measured anything."""
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a combination stops measuring: `seconds` after it started, at `end` on `time.perf_counter`."""
+
+    seconds: float
+    end: float
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        return cls(seconds, time.perf_counter() + seconds)
+
+    def expired(self) -> bool:
+        return time.perf_counter() >= self.end
+
+    def remaining(self) -> float:
+        return max(0.0, self.end - time.perf_counter())
+
+
+def _expired(deadline: Deadline | None) -> bool:
+    return deadline is not None and deadline.expired()
+
+
 def time_engine(engine: Any, batches: list[torch.Tensor], warmup: int, repeats: int,
-                max_call_s: float | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
+                max_call_s: float | None = None, stop: threading.Event | None = None,
+                deadline: Deadline | None = None) -> dict[str, Any]:
     """Time `engine` alone: `warmup` untimed calls, then `repeats` passes over `batches`.
 
     Each call is timed between device synchronisations, so queued GPU work is never missed. On a
@@ -217,6 +272,8 @@ def time_engine(engine: Any, batches: list[torch.Tensor], warmup: int, repeats: 
     as they do in a stream: its FPS is reported as `fps_async`. The garbage collector is paused
     while timing. With `max_call_s`, a first call slower than that raises `TooSlowError`; once
     `stop` is set (Ctrl-C in the main thread), the next call raises `KeyboardInterrupt` instead.
+    Once `deadline` has passed no call starts: the result holds the calls timed so far, with
+    `timed_out` set (a partial pass counts its own calls), or `TimeLimitError` is raised when none was.
     """
     device = batches[0].device
     batch = batches[0].shape[0]
@@ -225,6 +282,7 @@ def time_engine(engine: Any, batches: list[torch.Tensor], warmup: int, repeats: 
     per_repeat_fps: list[float] = []
     per_repeat_async: list[float] = []
     per_repeat_median: list[float] = []
+    timed_out = False
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -232,27 +290,36 @@ def time_engine(engine: Any, batches: list[torch.Tensor], warmup: int, repeats: 
             t0 = time.perf_counter()
             for i in range(warmup):
                 _check_stop(stop)
+                if _expired(deadline):
+                    timed_out = True
+                    break
                 engine(batches[i % len(batches)])
                 synchronize(device)
                 if i == 0:
                     _check_first_call(time.perf_counter() - t0, max_call_s)
             warmup_s = time.perf_counter() - t0
-            for _ in range(repeats):
+            for _ in range(0 if timed_out else repeats):
                 times: list[float] = []
                 synchronize(device)
                 start = time.perf_counter()
                 for frames in batches:
                     _check_stop(stop)
+                    if _expired(deadline):
+                        timed_out = True
+                        break
                     t = time.perf_counter()
                     engine(frames)
                     synchronize(device)
                     times.append((time.perf_counter() - t) * 1000.0)
                     if not warmup and len(samples) + len(times) == 1:
                         _check_first_call(times[0] / 1000.0, max_call_s)
-                per_repeat_fps.append(frames_per_pass / (time.perf_counter() - start))
-                per_repeat_median.append(summarize(times)["median"])
-                samples.extend(times)
-                if device.type == "cuda":
+                if times:
+                    per_repeat_fps.append(len(times) * batch / (time.perf_counter() - start))
+                    per_repeat_median.append(summarize(times)["median"])
+                    samples.extend(times)
+                if timed_out:
+                    break
+                if device.type == "cuda" and not _expired(deadline):
                     start = time.perf_counter()
                     for frames in batches:
                         engine(frames)
@@ -261,6 +328,10 @@ def time_engine(engine: Any, batches: list[torch.Tensor], warmup: int, repeats: 
     finally:
         if gc_was_enabled:
             gc.enable()
+    if not samples:
+        assert deadline is not None
+        raise TimeLimitError(f"the time limit of {deadline.seconds:g} s (--time-limit) ran out during "
+                             f"the warm-up, before any timed call")
     fps = summarize(per_repeat_fps)
     result: dict[str, Any] = {
         "latency_ms": summarize(samples),
@@ -275,6 +346,7 @@ def time_engine(engine: Any, batches: list[torch.Tensor], warmup: int, repeats: 
         "warmup_calls": warmup,
         "warmup_s": warmup_s,
         "samples_ms": samples,
+        "timed_out": timed_out,
     }
     if per_repeat_async:
         result["fps_async"] = summarize(per_repeat_async)["median"]
@@ -322,28 +394,80 @@ def _pipeline_api() -> tuple[Any, Any]:
     return RunConfig, run
 
 
-def time_pipeline(engine: Any, clip: Path, batch: int, repeats: int, workdir: Path) -> dict[str, Any]:
-    """Time the whole decode -> infer -> encode pipeline through `unweather.stream.run`, `repeats` times."""
+# A frame in the pipeline takes longer than the engine alone: decoding and encoding share the CPU.
+_PIPELINE_SLOWDOWN = 1.5
+
+
+def drain_seconds(frames_in_flight: int, batch: int, call_s: float) -> float:
+    """About how long a pipeline takes to finish the frames it already read once told to stop reading:
+    the engine calls they need, at `_PIPELINE_SLOWDOWN` times the engine's own time per call `call_s`."""
+    return _PIPELINE_SLOWDOWN * math.ceil(frames_in_flight / batch) * call_s
+
+
+@contextlib.contextmanager
+def _stop_at(deadline: Deadline | None, drain_s: float = 0.0) -> Iterator[threading.Event]:
+    """An event for `unweather.stream.run`'s `stop_event`, set `drain_s` before `deadline` passes, so
+    that the frames already read are finished by then."""
+    event = threading.Event()
+    timer = None
+    if deadline is not None:
+        timer = threading.Timer(max(0.0, deadline.remaining() - drain_s), event.set)
+        timer.daemon = True
+        timer.start()
+    try:
+        yield event
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+def _timed_out_part(deadline: Deadline | None, what: str) -> dict[str, Any]:
+    seconds = deadline.seconds if deadline is not None else 0.0
+    return {"status": "timed_out", "reason": f"the time limit of {seconds:g} s (--time-limit) ran out "
+                                             f"before {what}"}
+
+
+def time_pipeline(engine: Any, clip: Path, batch: int, repeats: int, workdir: Path,
+                  deadline: Deadline | None = None, call_s: float = 0.0) -> dict[str, Any]:
+    """Time the whole decode -> infer -> encode pipeline through `unweather.stream.run`, `repeats` times.
+
+    With `deadline`, the run under way stops reading early enough to finish the frames in its queues
+    by then (`drain_seconds`, from the engine's time per call `call_s`); its frames so far count and
+    no other run starts: the result is then "timed_out" with the runs so far.
+    """
     run_config_cls, run = _pipeline_api()
     fields = {f.name for f in dataclasses.fields(run_config_cls)}
     # A file in offline mode: every frame is restored (none dropped), without a nested progress bar.
     wanted = {"batch": batch, "mode": "offline", "progress": False}
     kwargs = {k: v for k, v in wanted.items() if k in fields}
+    config = run_config_cls(**kwargs)
+    drain = drain_seconds(int(getattr(config, "queue_size", 8)) + batch, batch, call_s)
     runs: list[dict[str, Any]] = []
+    timed_out = False
     for i in range(repeats):
+        if deadline is not None and deadline.remaining() <= drain:
+            timed_out = True
+            break
         output = workdir / f"pipeline-{i}.mp4"
-        with _quiet("unweather.stream"):
-            stats = run(str(clip), str(output), config=run_config_cls(**kwargs), engine=engine).to_dict()
+        with _quiet("unweather.stream"), _stop_at(deadline, drain) as stop:
+            stats = run(str(clip), str(output), config=config, engine=engine, stop_event=stop).to_dict()
         output.unlink(missing_ok=True)
         if stats.get("error"):
             raise UnweatherError(f"the pipeline stopped: {stats['error']}")
         # Temporary paths say nothing about the result.
         stats.pop("input", None)
         stats.pop("output", None)
+        if stop.is_set():
+            timed_out = True
+            if stats.get("frames"):
+                runs.append(stats)
+            break
         runs.append(stats)
+    if not runs:
+        return _timed_out_part(deadline, "the pipeline restored a frame")
     fps_values = [float(r["fps"]) for r in runs]
     return {
-        "status": "ok",
+        "status": "timed_out" if timed_out else "ok",
         "fps": summarize(fps_values)["median"],
         "fps_min": min(fps_values),
         "fps_max": max(fps_values),
@@ -356,24 +480,29 @@ def time_pipeline(engine: Any, clip: Path, batch: int, repeats: int, workdir: Pa
     }
 
 
-def time_live(engine: Any, clip: Path, rate: float, workdir: Path) -> dict[str, Any]:
+def time_live(engine: Any, clip: Path, rate: float, workdir: Path, deadline: Deadline | None = None,
+              call_s: float = 0.0) -> dict[str, Any]:
     """Run the pipeline in live mode on `clip`, paced at its own frame rate `rate` as a camera would.
 
     Returns:
         frames in, out and dropped, the share dropped, FPS, and the end-to-end latency per frame
-        (from its due time to written) p50/p95/p99/mean/max in milliseconds.
+        (from its due time to written) p50/p95/p99/mean/max in milliseconds; "timed_out" with the
+        frames so far when `deadline` came first (see `time_pipeline`; live queues hold 2 frames).
     """
     run_config_cls, run = _pipeline_api()
+    drain = drain_seconds(2, 1, call_s)
+    if deadline is not None and deadline.remaining() <= drain:
+        return _timed_out_part(deadline, "the live run")
     output = workdir / "live.mkv"
-    with _quiet("unweather.stream"):
+    with _quiet("unweather.stream"), _stop_at(deadline, drain) as stop:
         stats = run(str(clip), str(output), config=run_config_cls(mode="live", progress=False),
-                    engine=engine).to_dict()
+                    engine=engine, stop_event=stop).to_dict()
     output.unlink(missing_ok=True)
     if stats.get("error"):
         raise UnweatherError(f"the live pipeline stopped: {stats['error']}")
     frames_in = int(stats["frames_in"])
     return {
-        "status": "ok",
+        "status": "timed_out" if stop.is_set() else "ok",
         "rate": rate,
         "frames_in": frames_in,
         "frames_out": int(stats["frames_out"]),
@@ -413,8 +542,9 @@ def _median_of(runs: list[dict[str, Any]], key: str) -> dict[str, float]:
 def _open_engine(combo: Combination, device: torch.device, options: dict[str, Any]) -> Any:
     from unweather import engine as engines
 
+    # Past `precheck`, a slow precision was asked for (--allow-slow-precision) or is native here.
     engine = engines.open(combo.model.model, backend=combo.backend.name, precision=combo.precision,
-                          device=device, **options)
+                          device=device, allow_slow_precision=True, **options)
     if getattr(engine, "backend", combo.backend.name) != combo.backend.name:
         name = engine.backend
         engine.close()
@@ -449,15 +579,16 @@ def run_combination(combo: Combination, frames: torch.Tensor, clip: Path, config
     """Measure one combination: the engine alone, then the whole pipeline; never raises for a skip.
 
     With `live_clip` (written at `config.live_rate`), the pipeline is also run live on it (batch 1,
-    so only for the combination's first batch size).
+    so only for the combination's first batch size). With `config.time_limit_s`, measuring stops
+    that long after the engine is open (the engine alone stops at half of it when the pipeline is
+    measured too); the row is then "timed_out", with what was measured.
 
     Ctrl-C (`KeyboardInterrupt`) is raised through, after the engine is closed.
     """
     row = _row_head(combo)
     combo_device, options = _split_device(combo, device)
     row["device"] = str(combo_device)
-    exclusion = None if combo.baseline else combo.excluded_by(config.exclude)
-    reason = f"excluded by --exclude {exclusion.label}" if exclusion else precheck(combo, device)
+    reason = skip_reason(combo, config, device)
     if reason:
         row.update(status="skipped", reason=reason)
         return row
@@ -486,16 +617,32 @@ def run_combination(combo: Combination, frames: torch.Tensor, clip: Path, config
                 return row
             row["open_s"] = time.perf_counter() - start
             row["engine_device"] = str(engine.device)
+            live = live_clip is not None and config.live_rate and combo.batch == min(config.batches)
+            deadline = engine_deadline = Deadline.after(config.time_limit_s) if config.time_limit_s else None
+            if deadline is not None and (config.pipeline or live):
+                # The engine alone gets half, so that a slow machine still shows its pipeline figures.
+                engine_deadline = Deadline.after(config.time_limit_s / 2)
             batches = make_batches(frames, combo.batch, engine.device)
             stop = threading.Event()
             row["engine"] = in_worker_thread(time_engine, engine, batches, config.warmup, config.repeats,
-                                             config.max_call_s, stop, stop=stop)
+                                             config.max_call_s, stop, engine_deadline, stop=stop)
             del batches
+            call_s = row["engine"]["latency_ms"]["median"] / 1000.0
             if config.pipeline:
-                row["pipeline"] = _guarded_pipeline(engine, clip, combo, config.repeats, workdir)
-            if live_clip is not None and config.live_rate and combo.batch == min(config.batches):
-                row["live"] = _guarded(time_live, combo, engine, live_clip, config.live_rate, workdir)
+                row["pipeline"] = _guarded(time_pipeline, combo, engine, clip, combo.batch, config.repeats, workdir,
+                                           deadline, call_s)
+            if live:
+                row["live"] = _guarded(time_live, combo, engine, live_clip, config.live_rate, workdir, deadline,
+                                       call_s)
         row["status"] = "ok"
+        late = [part for part, result in (("engine timing", row["engine"]), ("pipeline", row.get("pipeline")),
+                                          ("live run", row.get("live")))
+                if result and (result.get("timed_out") or result.get("status") == "timed_out")]
+        if late:
+            limit = f"time limit of {config.time_limit_s:g} s (--time-limit)"
+            where = (f"the engine timing's half of the {limit} ran out" if late[0] == "engine timing"
+                     and engine_deadline is not deadline else f"the {limit} ran out in the {late[0]}")
+            row.update(status="timed_out", reason=f"{where}; the figures are from what ran before")
     except Exception as exc:  # a benchmark reports any failure of one combination and goes on
         status, reason = classify_failure(exc, combo)
         logger.debug("%s: %s", combo.label, reason, exc_info=True)
@@ -510,9 +657,17 @@ def run_combination(combo: Combination, frames: torch.Tensor, clip: Path, config
     return row
 
 
-def _guarded_pipeline(engine: Any, clip: Path, combo: Combination, repeats: int,
-                      workdir: Path) -> dict[str, Any]:
-    return _guarded(time_pipeline, combo, engine, clip, combo.batch, repeats, workdir)
+def skip_reason(combo: Combination, config: BenchConfig, device: torch.device) -> str | None:
+    """Why `combo` is not measured in this run (an exclusion, or `precheck`'s reason), or None."""
+    exclusion = None if combo.baseline else combo.excluded_by(config.exclude)
+    if exclusion:
+        return f"excluded by --exclude {exclusion.label}"
+    return precheck(combo, device, config.allow_slow_precision)
+
+
+def measured(row: dict[str, Any]) -> bool:
+    """True for a row with engine figures: "ok", or "timed_out" after at least one timed call."""
+    return row.get("status") in ("ok", "timed_out") and "engine" in row
 
 
 def _guarded(measure: Callable[..., dict[str, Any]], combo: Combination, *args: Any) -> dict[str, Any]:
@@ -531,10 +686,9 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
     Engine: baseline median latency / median latency (same frames, same batch). Pipeline:
     median FPS / baseline median FPS. A missing or failed baseline gives None.
     """
-    baselines = {(r["model"], r["resolution"], r["batch"]): r
-                 for r in rows if r["baseline"] and r.get("status") == "ok"}
+    baselines = {(r["model"], r["resolution"], r["batch"]): r for r in rows if r["baseline"] and measured(r)}
     for row in rows:
-        if row.get("status") != "ok":
+        if not measured(row):
             continue
         base = baselines.get((row["model"], row["resolution"], row["batch"]))
         engine = row["engine"]
@@ -543,10 +697,10 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
             engine["x_vs_baseline"] = (base["engine"]["latency_ms"]["median"]
                                        / engine["latency_ms"]["median"])
         pipe = row.get("pipeline")
-        if pipe and pipe.get("status") == "ok":
+        if pipe and "fps" in pipe:
             base_pipe = base.get("pipeline") if base is not None else None
             pipe["x_vs_baseline"] = None
-            if base_pipe and base_pipe.get("status") == "ok" and base_pipe["fps"]:
+            if base_pipe and base_pipe.get("fps"):
                 pipe["x_vs_baseline"] = pipe["fps"] / base_pipe["fps"]
 
 
@@ -602,11 +756,18 @@ def run_bench(config: BenchConfig, progress: bool = True, command: str | None = 
                 write_clip(rgb_frames(frames), live_path, res, rate=config.live_rate)
             frames_by_res[res] = (frames, path, live_path)
             clips[str(res)] = {"frames": count, "source": redact(config.input) if config.input else "synthetic"}
+        # The bar advances by each measured combination's pixels (skips take no time), so its ETA
+        # weighs a 1280x720 combination as four 640x360 ones.
+        weights = [0 if skip_reason(c, config, device) else c.resolution.pixels * c.batch for c in combos]
+        todo = sum(w > 0 for w in weights)
         with logging_redirect_tqdm(loggers=[logging.getLogger("unweather")]):
-            bar = tqdm(combos, desc="bench", unit="combination", disable=None if progress else True,
-                       dynamic_ncols=True)
-            for combo in bar:
-                bar.set_postfix_str(combo.label)
+            bar = tqdm(total=sum(weights), desc=f"bench 0/{todo}", disable=None if progress else True,
+                       dynamic_ncols=True, smoothing=0,
+                       bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed} elapsed, ETA {remaining}{postfix}")
+            done = 0
+            for combo, weight in zip(combos, weights):
+                if weight:
+                    bar.set_postfix_str(combo.label)
                 frames, path, live_path = frames_by_res[combo.resolution]
                 try:
                     row = run_combination(combo, frames, path, config, device, workdir, live_path)
@@ -615,6 +776,10 @@ def run_bench(config: BenchConfig, progress: bool = True, command: str | None = 
                     break
                 _log_row(combo, row)
                 rows.append(row)
+                if weight:
+                    done += 1
+                    bar.set_description_str(f"bench {done}/{todo}")
+                    bar.update(weight)
                 if on_result is not None and len(rows) < len(combos):
                     on_result(payload(partial=True))
             bar.close()
@@ -626,22 +791,24 @@ def run_bench(config: BenchConfig, progress: bool = True, command: str | None = 
 
 
 def _log_row(combo: Combination, row: dict[str, Any]) -> None:
-    if row["status"] != "ok":
+    if not measured(row):
         logger.info("%s: %s (%s)", combo.label, row["status"], row["reason"])
         return
     eng = row["engine"]
     text = f"{combo.label}: engine {eng['fps']:.1f} FPS, p50 {eng['latency_ms']['median']:.1f} ms"
     pipe = row.get("pipeline")
-    if pipe and pipe.get("status") == "ok":
+    if pipe and "fps" in pipe:
         text += f", pipeline {pipe['fps']:.1f} FPS"
     elif pipe:
         text += f", pipeline {pipe['status']} ({pipe['reason']})"
     live = row.get("live")
-    if live and live.get("status") == "ok":
+    if live and "latency_ms" in live:
         lat = live["latency_ms"]
         if lat.get("p50") is not None:
             text += (f", live at {live['rate']:g} FPS: p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, "
                      f"{live['dropped']} of {live['frames_in']} dropped")
     elif live:
         text += f", live {live['status']} ({live['reason']})"
+    if row["status"] != "ok":
+        text += f" ({row['reason']})"
     logger.info("%s", text)

@@ -87,8 +87,9 @@ class CpuShare:
         t1, busy1, own1 = self._snapshot()
         t0, busy0, own0 = self._start
         capacity = max(t1 - t0, 1e-9) * (self._psutil.cpu_count(logical=True) or 1)
-        busy = max(0.0, busy1 - busy0)
-        own = max(0.0, own1 - own0)
+        # The kernel counts in clock ticks: over a short interval the counts may exceed the capacity a little.
+        busy = min(capacity, max(0.0, busy1 - busy0))
+        own = min(busy, max(0.0, own1 - own0))
         return {"busy_pct": round(100.0 * busy / capacity, 1), "own_pct": round(100.0 * own / capacity, 1),
                 "others_pct": round(100.0 * max(0.0, busy - own) / capacity, 1)}
 

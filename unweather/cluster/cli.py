@@ -129,7 +129,7 @@ def run_with_ray(args: argparse.Namespace) -> int:
     from unweather.cluster.ray_run import run_on_ray
     from unweather.media import is_url
     from unweather.sources_file import resolve_inputs
-    from unweather.stream.cli import config_from_args
+    from unweather.stream.cli import check_temporal, config_from_args
 
     config = config_from_args(args)
     config.validate()
@@ -139,6 +139,8 @@ def run_with_ray(args: argparse.Namespace) -> int:
     sources = resolve_inputs(inputs)
     cameras = sum(s.is_url for s in sources)
     check_ray_options(args, len(sources) - cameras, cameras, is_url(args.output))
+    # Files and cameras are videos: the default model is the video student when it is shipped.
+    check_temporal(config, video=True)
     # --duration is how long the fleet records; each camera's segments run until the fleet stops.
     duration, config = config.duration, dataclasses.replace(config, duration=None)
     options = ray_options(args, address, duration, progress=not args.quiet and sys.stderr.isatty())

@@ -86,6 +86,41 @@ class InputPlan:
         return sorted(self.pts[chunk.first_packet:chunk.first_packet + chunk.frames])
 
 
+@dataclasses.dataclass(frozen=True)
+class LeadIn:
+    """The frames before a chunk that warm a video network's state (restored, not written).
+
+    Attributes:
+        key_pts: pts of the clean keyframe the lead-in is decoded from.
+        first_packet: that keyframe's decode-order index.
+        skip: frames from the keyframe that are only decoded (they lead the decoder to the rest).
+        frames: the frames after those, up to the chunk, that are restored to warm the state.
+    """
+
+    key_pts: int
+    first_packet: int
+    skip: int
+    frames: int
+
+
+def lead_in(plan: InputPlan, chunk: Chunk, seconds: float) -> LeadIn | None:
+    """The lead-in of `chunk`: its last `seconds` before the chunk, decoded from the clean keyframe before them.
+
+    None for the first chunk (an unchunked run starts there with no history too) and for `seconds` <= 0.
+    """
+    if chunk.first_packet == 0 or seconds <= 0:
+        return None
+    tb = float(plan.time_base)
+    start = min(plan.pts[chunk.first_packet:chunk.first_packet + chunk.frames]) - seconds / tb
+    # Clean cuts: every frame from the cut on is shown after every frame before it, so the pts of the
+    # cut is the least from there on, and the frames between it and the chunk are all shown before the chunk.
+    earlier = [k for k in plan.keyframes if k < chunk.first_packet]
+    first = max((k for k in earlier if plan.pts[k] <= start), default=earlier[0])
+    shown = sorted(plan.pts[first:chunk.first_packet])
+    frames = max(1, sum(1 for p in shown if p >= start))
+    return LeadIn(plan.pts[first], first, len(shown) - frames, frames)
+
+
 def input_key(path: str) -> str:
     """A name for the input's working folder that changes when the file does."""
     st = os.stat(path)

@@ -62,12 +62,20 @@ class FleetOptions:
 
 
 class CountingEngine(Engine):
-    """Wraps an engine to count the frames it restores, for live FPS while a stream runs."""
+    """Wraps an engine to count the frames it restores, for live FPS while a stream runs.
+
+    A video network's steps are counted too; its state stays with each segment's pipeline (one
+    `VideoSession` per run of the camera's stream), never with this engine, so cameras never share one.
+    """
 
     def __init__(self, inner: Engine, window: float = 5.0) -> None:
         super().__init__(inner.device, inner.precision, inner.multiple)
         self.inner = inner
         self.backend = inner.backend
+        self.stateful = bool(getattr(inner, "stateful", False))
+        self.model = getattr(inner, "model", "")
+        # The inner engine tiles its calls itself; shown here so a run sees the setting.
+        self.tile, self.tile_overlap = getattr(inner, "tile", None), getattr(inner, "tile_overlap", 0)
         self.frames = 0
         self.window = window
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
@@ -75,13 +83,21 @@ class CountingEngine(Engine):
 
     def __call__(self, frames):
         out = self.inner(frames)
+        self._count(int(frames.shape[0]))
+        return out
+
+    def step(self, frames, state):
+        out = self.inner.step(frames, state)
+        self._count(int(frames.shape[0]))
+        return out
+
+    def _count(self, n: int) -> None:
         now = time.monotonic()
         with self._lock:
-            self.frames += int(frames.shape[0])
-            self._recent.append((now, int(frames.shape[0])))
+            self.frames += n
+            self._recent.append((now, n))
             while self._recent and self._recent[0][0] < now - self.window:
                 self._recent.popleft()
-        return out
 
     def infer(self, frames):
         return self.inner.infer(frames)

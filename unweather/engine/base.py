@@ -10,7 +10,8 @@ from typing_extensions import Self
 from unweather.errors import UnweatherError
 from unweather.models.padding import pad_for_graph, pad_to_multiple
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+# int8: a QDQ graph (convolutions in INT8, see unweather.engine.quantize), run by ONNX Runtime.
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 class Engine(ABC):
@@ -27,7 +28,7 @@ class Engine(ABC):
     Attributes:
         backend: the backend's name ("torch", "onnxruntime", "tensorrt").
         device: where input and output tensors live.
-        precision: the arithmetic precision the network runs in ("fp32", "fp16", "bf16").
+        precision: the arithmetic precision the network runs in ("fp32", "fp16", "bf16", "int8").
         multiple: the size multiple the network needs.
         min_size: the smallest height and width the network takes.
         pads_in_graph: `infer` takes frames of any size (the graph pads and crops them itself).
@@ -38,6 +39,8 @@ class Engine(ABC):
     backend: str = ""
     pads_in_graph: bool = False
     output_clamped: bool = False
+    # A video network: `step` carries its state from frame to frame (see `unweather.engine.session`).
+    stateful: bool = False
 
     def __init__(self, device: torch.device | str, precision: str, multiple: int, min_size: int = 1) -> None:
         if precision not in PRECISIONS:
@@ -57,6 +60,12 @@ class Engine(ABC):
             raise UnweatherError(f"frames are on {frames.device} but the engine runs on {self.device}; "
                                  "move them with .to(engine.device)")
         h, w = frames.shape[-2:]
+        if self.stateful:
+            # Frames taken one by one with no history (a still image, a benchmark call); a stream carries
+            # its state through `unweather.engine.session.VideoSession` instead.
+            n = frames.shape[0]
+            empty = (frames.new_zeros(n, 3, h, w), frames.new_zeros(n, 1, h, w))
+            return self.step(frames, empty)[0]
         if self.tile is not None and (h > self.tile or w > self.tile):
             from unweather.engine.tiling import tiled
 
@@ -72,6 +81,27 @@ class Engine(ABC):
     @abstractmethod
     def infer(self, frames: torch.Tensor) -> torch.Tensor:
         """Run the network on frames whose height and width are multiples of `multiple`."""
+
+    def step(self, frames: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+             ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """One step of a video network: restore `frames` (N, 3, H, W) given its aligned state.
+
+        `state` is (background (N, 3, H, W), weight (N, 1, H, W)) at the frames' size, zeros for a new
+        stream; the new state comes back at the same size. Frames are padded and cropped as in `__call__`.
+        """
+        if not self.stateful:
+            raise UnweatherError(f"{self.model or 'this network'} is not a video network; it has no state")
+        h, w = frames.shape[-2:]
+        pad = pad_for_graph if self.pads_in_graph else pad_to_multiple
+        bg, weight = state
+        out, bg, weight = self.infer_step(*(pad(t, self.multiple, self.min_size) for t in (frames, bg, weight)))
+        out = out[..., :h, :w]
+        return (out if self.output_clamped else out.clamp(0.0, 1.0)), (bg[..., :h, :w], weight[..., :h, :w])
+
+    def infer_step(self, frames: torch.Tensor, bg: torch.Tensor, weight: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A video network's step on padded tensors; backends that run video networks implement it."""
+        raise UnweatherError(f"the {self.backend} backend does not run video networks yet")
 
     def set_tiling(self, tile: int | None, overlap: int = 32) -> None:
         """Restore frames larger than `tile` x `tile` in overlapping tiles (None: whole frames).
@@ -93,7 +123,7 @@ class Engine(ABC):
             raise UnweatherError(f"tile overlap {overlap} must be between 0 and half the tile ({tile // 2})")
         self.tile, self.tile_overlap = tile, overlap
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a backend with nothing to release keeps this no-op
         """Release what the engine holds."""
 
     def __enter__(self) -> Self:

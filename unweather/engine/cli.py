@@ -9,6 +9,8 @@ examples:
   unweather export --model fast -o fast.onnx
   unweather export --model quality --precision fp16 --calibration-frames my_frames/ -o quality-fp16.onnx
   unweather export --model student.safetensors --precision fp16 --keep-fp32 'context.*' -o student-fp16.onnx
+  unweather export --model fast --precision int8 --calibration-frames dashcam.mp4 -o fast-int8.onnx
+  unweather run dashcam.mp4 --model fast --precision int8     # exported (and gated) on first use, then cached
 """
 
 _BUILD_EPILOG = """\
@@ -22,23 +24,33 @@ examples:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this area's subcommands."""
     p = subparsers.add_parser(
-        "export", help="export a model to ONNX (fp32, or fp16 behind an accuracy gate)",
+        "export", help="export a model to ONNX (fp32, or fp16 or int8 behind an accuracy gate)",
         description="Export a model to ONNX with a dynamic batch, height and width (any frame size: the graph pads, "
                     "crops and clamps to [0, 1] itself), check it with the ONNX checker "
                     "and compare ONNX Runtime with torch. --precision fp16 writes FP16 weights and arithmetic with "
-                    "FP32 input and output, and refuses a graph below --min-psnr against torch FP32 on real frames.",
+                    "FP32 input and output, and refuses a graph below --min-psnr against torch FP32 on real frames. "
+                    "--precision int8 writes a QDQ graph (INT8 convolutions, symmetric, weights per channel: "
+                    "TensorRT's explicit quantization, and ONNX Runtime runs it on the CPU) calibrated on real "
+                    "frames, and refuses it below --min-psnr against the FP32 graph, naming the convolutions to keep "
+                    "in float.",
         epilog=_EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="registry name, shipped weights (fast, quality) or checkpoint "
-                                   "(default: the default model for the CPU)")
-    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="graph precision (default: fp32)")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset, 17 or newer (default: 18)")
-    p.add_argument("--calibration-frames", metavar="DIR", help="images checked by the fp16 gate besides the "
-                                                                "bundled photo")
-    p.add_argument("--min-psnr", type=float, default=40.0, help="fp16 gate: least PSNR in dB against fp32 "
-                                                                 "(default: 40)")
+    p.add_argument("--model", help="registry name, shipped weights (fast, quality, video) or checkpoint "
+                                   "(default: the default model for the CPU); a video network's graph takes and "
+                                   "returns its state too (input, background, weight -> output, background_out, "
+                                   "weight_out)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
+                   help="graph precision (default: fp32)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset, 18 or newer (default: 18)")
+    p.add_argument("--calibration-frames", metavar="DIR|IMAGE|VIDEO",
+                   help="your own frames (a folder of images, an image, or a video: 16 frames spread over it), "
+                        "checked by the fp16 and int8 gates besides the bundled photo, and calibrated on for int8")
+    p.add_argument("--min-psnr", type=float, default=None,
+                   help="the gate's least PSNR in dB (default: 40 for fp16 against torch fp32, 35 for int8 against "
+                        "the fp32 graph)")
     p.add_argument("--keep-fp32", nargs="+", default=[], metavar="PATTERN",
-                   help="modules kept in fp32 in an fp16 graph, shell-style patterns over module names "
-                        "(e.g. 'context.*' head)")
+                   help="fp16: modules kept in fp32, shell-style patterns over module names (e.g. 'context.*' head); "
+                        "int8: convolutions kept in float, node or module names, comma-separated "
+                        "(e.g. node_conv2d_3,head.*)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow a pickled checkpoint that needs full unpickling (runs code from the file)")
     p.add_argument("-o", "--output", required=True, metavar="FILE.onnx", help="the ONNX file to write")

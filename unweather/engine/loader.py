@@ -1,9 +1,12 @@
 """`open`: from a model argument, a backend, a precision and a device to a ready `Engine`.
 
 `backend="auto"` picks TensorRT when it and a GPU are present, else torch on CUDA, else the CPU
-backend measured fastest for the model (`cpu_backends.json`, written by benchmarks/backends.py).
-It chooses only among backends that run the precision and device the caller asked for: an
-explicit precision or device is never changed, and one that cannot be honoured is an error.
+backend timed fastest for the model and precision on this very machine (`unweather.engine.calibrate`:
+timed once, cached); the packaged `cpu_backends.json` (written by benchmarks/backends.py on one
+CPU) is only the fallback when that timing cannot run. It chooses only among backends that run the
+precision and device the caller asked for: an explicit precision or device is never changed, and
+one that cannot be honoured is an error. bf16 on a CPU without native bf16 is refused unless
+`allow_slow_precision` is given (`unweather.cpu.bf16_refusal`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from unweather.engine.base import PRECISIONS, Engine
 from unweather.engine.sources import SHIPPED, ModelSource, cache_dir, default_model, load_network, resolve
@@ -25,7 +29,7 @@ from unweather.errors import UnweatherError
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
-COMMON_OPTIONS = {"tile", "tile_overlap", "trusted", "cache_dir"}
+COMMON_OPTIONS = {"tile", "tile_overlap", "trusted", "cache_dir", "allow_slow_precision"}
 BACKEND_OPTIONS = {
     "torch": {"channels_last", "compile", "cuda_graph"},
     "onnxruntime": {"threads", "providers", "multiple", "min_size", "opset"},
@@ -36,7 +40,7 @@ BACKEND_OPTIONS = {
 SUPPORTED = {
     ("torch", "cpu"): ("fp32", "bf16", "fp16"),
     ("torch", "cuda"): ("fp32", "fp16", "bf16"),
-    ("onnxruntime", "cpu"): ("fp32", "fp16"),
+    ("onnxruntime", "cpu"): ("fp32", "fp16", "int8"),
     ("onnxruntime", "cuda"): ("fp32", "fp16"),
     ("tensorrt", "cuda"): ("fp32", "fp16"),
 }
@@ -70,6 +74,16 @@ def measured_cpu_backend(arch: str | None, precision: str) -> tuple[str, str]:
         if backend in ("torch", "onnxruntime"):
             return backend, f"measured fastest for {key} {precision} on the CPU ({source})"
     return "torch", f"no CPU measurement for {arch} {precision}"
+
+
+def slow_precision_refusal(precision: str | None, device_type: str) -> str | None:
+    """Why `precision` should not run on `device_type` here (None where it may): bf16 on a CPU
+    that only emulates it."""
+    if precision != "bf16" or device_type != "cpu":
+        return None
+    from unweather import cpu
+
+    return cpu.bf16_refusal(cpu.detect())
 
 
 def tensorrt_installed() -> bool:
@@ -135,6 +149,8 @@ def _auto(source_kind: str, arch: str | None, precision: str | None, asked: torc
           tensorrt: bool, ort_cuda: bool) -> tuple[str, str]:
     if source_kind == "tensorrt":
         return "tensorrt", "the model is a TensorRT engine"
+    if precision == "int8":
+        return "onnxruntime", "int8 (QDQ) graphs run in ONNX Runtime"
     on_gpu = cuda and (asked is None or asked.type == "cuda")
     if on_gpu and tensorrt and precision in (None, "fp32", "fp16"):
         return "tensorrt", "TensorRT and a CUDA GPU are present"
@@ -189,19 +205,69 @@ def open_engine(model: str | os.PathLike[str] | None = None, backend: str = "aut
         precision = _file_precision(source)
     choice = choose(source.kind, _arch(source), backend, precision, device, cuda=torch.cuda.is_available(),
                     tensorrt=tensorrt_installed(), ort_cuda=_ort_cuda())
+    if not options.get("allow_slow_precision") and (refusal := slow_precision_refusal(choice.precision,
+                                                                                       choice.device.type)):
+        raise UnweatherError(refusal)
+    engine: Engine | None = None
+    net: nn.Module | None = None
+    if backend == "auto" and choice.device.type == "cpu" and source.is_network:
+        choice, engine, net = _calibrated(source, choice, options)
     common, specific = _split_options(choice.backend, options)
     cache = cache_dir(common.get("cache_dir"))
-    if choice.backend == "torch":
-        engine = _open_torch(source, choice, common, specific)
-    elif choice.backend == "onnxruntime":
-        engine = _open_onnxruntime(source, choice, common, specific, cache)
-    else:
+    if engine is None and choice.backend == "torch":
+        engine = _open_torch(source, choice, common, specific, net)
+    elif engine is None and choice.backend == "onnxruntime":
+        engine = _open_onnxruntime(source, choice, common, specific, cache, net)
+    elif engine is None:
         engine = _open_tensorrt(source, choice, common, specific, cache)
     engine.model = source.name
     if common.get("tile"):
         engine.set_tiling(int(common["tile"]), int(common.get("tile_overlap", 32)))
     logger.info("engine for %s: %s (backend %s: %s)", source.name, engine.describe(), choice.backend, choice.reason)
     return engine
+
+
+def _calibrated(source: ModelSource, choice: Choice, options: dict[str, Any]
+                ) -> tuple[Choice, Engine | None, nn.Module | None]:
+    """The CPU backend timed fastest here for the network (`unweather.engine.calibrate`), its engine when
+    it was opened while timing, and the network loaded for it; the packaged choice when timing fails.
+
+    Only backends that run the precision on the CPU and take every engine option given are candidates.
+    """
+    from unweather import cpu
+    from unweather.engine import calibrate
+
+    candidates = [name for name in ("torch", "onnxruntime")
+                  if choice.precision in SUPPORTED[(name, "cpu")]
+                  and not set(options) - BACKEND_OPTIONS[name] - COMMON_OPTIONS
+                  and (name != "onnxruntime" or importlib.util.find_spec("onnxruntime") is not None)]
+    if len(candidates) == 1 and candidates[0] != choice.backend:
+        return Choice(candidates[0], choice.device, choice.precision,
+                      f"the only CPU backend here that runs {choice.precision} with the options given"), None, None
+    if len(candidates) < 2:
+        return choice, None, None
+    net = load_network(source, trusted=bool(options.get("trusted", False)))
+    cache = cache_dir(options.get("cache_dir"))
+    openers: dict[str, Any] = {}
+    for name in candidates:
+        common, specific = _split_options(name, options)
+        common.pop("tile", None)  # timed on whole frames; tiling is set on the winner below
+        trial = Choice(name, choice.device, choice.precision, "")
+        if name == "torch":
+            openers[name] = lambda n, c=trial, co=common, sp=specific: _open_torch(source, c, co, dict(sp), n)
+        else:
+            openers[name] = lambda n, c=trial, co=common, sp=specific: _open_onnxruntime(source, c, co, dict(sp),
+                                                                                        cache, n)
+    caps = cpu.detect()
+    try:
+        decision = calibrate.calibrated_choice(net, choice.precision, openers, cache, caps.key(),
+                                               f"{caps.model} ({caps.kind})", calibrate.DEFAULT)
+    except Exception as exc:  # timing is an optimisation: the packaged choice still runs the model
+        logger.warning("could not time the CPU backends (%s: %s); using the packaged choice", type(exc).__name__, exc)
+        decision = None
+    if decision is None:
+        return choice, None, net
+    return Choice(decision.backend, choice.device, choice.precision, decision.reason), decision.engine, net
 
 
 def _file_precision(source: ModelSource) -> str | None:
@@ -222,14 +288,17 @@ def _ort_cuda() -> bool:
     return "CUDAExecutionProvider" in available_providers()
 
 
-def _open_torch(source: ModelSource, choice: Choice, common: dict[str, Any], specific: dict[str, Any]) -> Engine:
+def _open_torch(source: ModelSource, choice: Choice, common: dict[str, Any], specific: dict[str, Any],
+                net: nn.Module | None = None) -> Engine:
     from unweather.engine.torch_backend import TorchEngine
 
-    net = load_network(source, trusted=bool(common.get("trusted", False)))
+    if net is None:
+        net = load_network(source, trusted=bool(common.get("trusted", False)))
     return TorchEngine(net, device=choice.device, precision=choice.precision, **specific)
 
 
-def _graph_for(source: ModelSource, choice: Choice, common: dict[str, Any], cache: Path, opset: int | None) -> Path:
+def _graph_for(source: ModelSource, choice: Choice, common: dict[str, Any], cache: Path, opset: int | None,
+               net: nn.Module | None = None) -> Path:
     """The ONNX graph to run: the file itself, or the cached export of the network at the chosen precision."""
     from unweather.engine.export import DEFAULT_OPSET, cached_export, onnx_precision
 
@@ -240,18 +309,19 @@ def _graph_for(source: ModelSource, choice: Choice, common: dict[str, Any], cach
             raise UnweatherError(f"{source.path} computes in {found}, not {choice.precision}; export the model "
                                  f"with --precision {choice.precision}, or ask for precision {found}")
         return source.path
-    if choice.precision not in ("fp32", "fp16"):
-        raise UnweatherError(f"ONNX graphs are exported in fp32 or fp16, not {choice.precision}")
-    net = load_network(source, trusted=bool(common.get("trusted", False)))
+    if choice.precision not in ("fp32", "fp16", "int8"):
+        raise UnweatherError(f"ONNX graphs are exported in fp32, fp16 or int8, not {choice.precision}")
+    if net is None:
+        net = load_network(source, trusted=bool(common.get("trusted", False)))
     return cached_export(net, choice.precision, cache, opset or DEFAULT_OPSET)
 
 
 def _open_onnxruntime(source: ModelSource, choice: Choice, common: dict[str, Any], specific: dict[str, Any],
-                      cache: Path) -> Engine:
+                      cache: Path, net: nn.Module | None = None) -> Engine:
     from unweather.engine.onnxruntime_backend import OnnxRuntimeEngine
 
     opset = specific.pop("opset", None)
-    path = _graph_for(source, choice, common, cache, opset)
+    path = _graph_for(source, choice, common, cache, opset, net)
     return OnnxRuntimeEngine(path, device=choice.device, precision=choice.precision, cache=cache, **specific)
 
 
@@ -296,5 +366,5 @@ def _open_tensorrt(source: ModelSource, choice: Choice, common: dict[str, Any], 
     workspace = specific.get("workspace")
     onnx_path = _graph_for(source, choice, common, cache, specific.get("opset"))
     plan = cached_engine(onnx_path, cache, profile, workspace, choice.device)
-    return load_or_rebuild(lambda: load(plan),
-                           lambda _reason: cached_engine(onnx_path, cache, profile, workspace, choice.device, force=True))
+    return load_or_rebuild(lambda: load(plan), lambda _reason: cached_engine(onnx_path, cache, profile, workspace,
+                                                                             choice.device, force=True))

@@ -4,6 +4,10 @@ On the CPU, frames go to ONNX Runtime as NumPy views of the torch tensors (no co
 inputs and outputs are torch tensors bound with IO binding, and the session runs on the torch
 stream that was current when the engine was opened (`user_compute_stream`), so work queued by
 torch before a call is ordered before it without a device-wide synchronisation.
+
+A video network's graph has three inputs and three outputs (the frame and its state in, the output and
+the next state out, see `unweather.engine.export.VIDEO_INPUTS`): the engine is then `stateful` and runs
+it with `step`.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ class OnnxRuntimeEngine(Engine):
             import onnxruntime as ort
         except ImportError as exc:
             raise UnweatherError("ONNX Runtime is not installed (pip install onnxruntime)") from exc
-        from unweather.engine.export import INPUT_NAME, read_onnx_metadata
+        from unweather.engine.export import INPUT_NAME, VIDEO_INPUTS, VIDEO_OUTPUTS, read_onnx_metadata
 
         meta = read_onnx_metadata(path)
         multiple = int(meta.get("unweather.pad_multiple", 1)) if multiple is None else int(multiple)
@@ -82,12 +86,21 @@ class OnnxRuntimeEngine(Engine):
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
             raise UnweatherError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from exc
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise UnweatherError(f"{path} has {len(inputs)} inputs and {len(outputs)} outputs; an engine needs one each")
+        self.stateful = len(inputs) == len(outputs) == len(VIDEO_INPUTS)
+        if self.stateful:
+            # Named as our exports name them; a graph made elsewhere is taken in that order.
+            by_name = {arg.name: arg for arg in inputs}, {arg.name: arg for arg in outputs}
+            if set(VIDEO_INPUTS) <= set(by_name[0]) and set(VIDEO_OUTPUTS) <= set(by_name[1]):
+                inputs = [by_name[0][n] for n in VIDEO_INPUTS]
+                outputs = [by_name[1][n] for n in VIDEO_OUTPUTS]
+        elif len(inputs) != 1 or len(outputs) != 1:
+            raise UnweatherError(f"{path} has {len(inputs)} inputs and {len(outputs)} outputs; an engine needs one "
+                                 f"each (a frame network) or three each (a video network: {', '.join(VIDEO_INPUTS)})")
+        self.inputs, self.outputs = inputs, outputs
         self.input, self.output = inputs[0], outputs[0]
-        if self.input.name != INPUT_NAME:
+        if self.input.name not in (INPUT_NAME, VIDEO_INPUTS[0]):
             logger.info("%s: input %r (not %r)", path, self.input.name, INPUT_NAME)
-        for arg in (self.input, self.output):
+        for arg in (*inputs, *outputs):
             if arg.type not in _NUMPY:
                 raise UnweatherError(f"{path}: {arg.name} is {arg.type}; an engine needs float or float16 frames")
         logger.debug("ONNX Runtime providers: %s", self.session.get_providers())
@@ -124,6 +137,9 @@ class OnnxRuntimeEngine(Engine):
         raise UnweatherError(f"unknown execution provider {requested!r}; use one of {', '.join(PROVIDERS)}")
 
     def infer(self, frames: torch.Tensor) -> torch.Tensor:
+        if self.stateful:
+            raise UnweatherError(f"{self.path} is a video network: run it over a stream with "
+                                 "unweather.engine.session.VideoSession (or Engine.step with its state)")
         if self.device.type == "cpu":
             x = frames.detach().to(_TORCH[self.input.type]).contiguous()
             out = self.session.run([self.output.name], {self.input.name: x.numpy()})[0]
@@ -138,13 +154,40 @@ class OnnxRuntimeEngine(Engine):
                            x.data_ptr())
         binding.bind_output(self.output.name, "cuda", self.device.index, _NUMPY[self.output.type],
                             tuple(out.shape), out.data_ptr())
+        self._order_after_caller([x, out])
+        self.session.run_with_iobinding(binding)
+        return out.to(frames.dtype)
+
+    def infer_step(self, frames: torch.Tensor, bg: torch.Tensor, weight: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not self.stateful:
+            raise UnweatherError(f"{self.path} is not a video network; it has no state")
+        given = (frames, bg, weight)
+        xs = [t.detach().to(_TORCH[arg.type]).contiguous() for t, arg in zip(given, self.inputs)]
+        if self.device.type == "cpu":
+            outs = self.session.run([arg.name for arg in self.outputs],
+                                    {arg.name: x.numpy() for arg, x in zip(self.inputs, xs)})
+            return tuple(torch.from_numpy(o).to(t.dtype) for o, t in zip(outs, given))
+        # Each output has the shape of the input it follows: the output and background of the frame's,
+        # the weight of the weight's.
+        outs = [torch.empty(tuple(x.shape), dtype=_TORCH[arg.type], device=self.device)
+                for x, arg in zip(xs, self.outputs)]
+        binding = self.session.io_binding()
+        for arg, x in zip(self.inputs, xs):
+            binding.bind_input(arg.name, "cuda", self.device.index, _NUMPY[arg.type], tuple(x.shape), x.data_ptr())
+        for arg, out in zip(self.outputs, outs):
+            binding.bind_output(arg.name, "cuda", self.device.index, _NUMPY[arg.type], tuple(out.shape),
+                                out.data_ptr())
+        self._order_after_caller(xs + outs)
+        self.session.run_with_iobinding(binding)
+        return tuple(out.to(t.dtype) for out, t in zip(outs, given))
+
+    def _order_after_caller(self, tensors: list[torch.Tensor]) -> None:
         if self._stream is not None and torch.cuda.current_stream(self.device) != self._stream:
             # The session runs on the stream current at open(); order it after the caller's work.
             self._stream.wait_stream(torch.cuda.current_stream(self.device))
-            x.record_stream(self._stream)
-            out.record_stream(self._stream)
-        self.session.run_with_iobinding(binding)
-        return out.to(frames.dtype)
+            for tensor in tensors:
+                tensor.record_stream(self._stream)
 
     def _output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         declared = self.output.shape

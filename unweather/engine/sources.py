@@ -20,8 +20,8 @@ from unweather.errors import UnweatherError
 
 logger = logging.getLogger(__name__)
 
-# Shipped weight names and the architecture each holds.
-SHIPPED = {"fast": "student_small", "quality": "student_base"}
+# Shipped weight names and the architecture each holds. "video" is stored in float16 and loads as float32.
+SHIPPED = {"fast": "student_small", "quality": "student_base", "video": "video_small"}
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
@@ -53,7 +53,7 @@ def weights_dir() -> Path:
 
 
 def shipped_weights(name: str) -> Path:
-    """The file of shipped weights `name` ("fast" or "quality"), whether or not it exists."""
+    """The file of shipped weights `name` ("fast", "quality" or "video"), whether or not it exists."""
     return weights_dir() / f"{name}.safetensors"
 
 
@@ -119,12 +119,16 @@ def load_network(source: ModelSource, trusted: bool = False) -> nn.Module:
     raise UnweatherError(f"{source.name} is a {source.kind} file, not a torch network")
 
 
-def default_model(device: str | torch.device | None = None) -> str:
-    """The model to use when none is named: "quality" on CUDA, "fast" on the CPU.
+def default_model(device: str | torch.device | None = None, video: bool = False) -> str:
+    """The model to use when none is named.
 
-    When the preferred weights are not shipped, the other shipped weights are used, then
-    "identity"; either fallback is logged as a warning, never silent.
+    Frames (images, and videos when `video` is False): "quality" on CUDA, "fast" on the CPU. When the
+    preferred weights are not shipped, the other shipped frame weights are used, then "identity";
+    either fallback is logged as a warning, never silent. Videos and streams (`video`): "video" when its
+    weights are shipped, else the frame model, without a word (the video student is optional).
     """
+    if video and shipped_weights("video").is_file():
+        return "video"
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     preferred = "quality" if torch.device(device).type == "cuda" else "fast"
@@ -137,6 +141,51 @@ def default_model(device: str | torch.device | None = None) -> str:
     logger.warning("no trained weights are shipped in this installation (%s); using 'identity', which passes "
                    "frames through unchanged", weights_dir())
     return "identity"
+
+
+def is_video_model(model: str | os.PathLike[str]) -> bool | None:
+    """Whether `model` is a video network (it carries a state from frame to frame), without loading it.
+
+    Told from the name (registry and shipped), a safetensors checkpoint's metadata, an ONNX graph's
+    inputs or a TensorRT engine's sidecar; None where that cannot be told without opening the model
+    (a pickled checkpoint, an engine without a sidecar) or the model does not resolve.
+    """
+    try:
+        source = resolve(model)
+    except UnweatherError:
+        return None
+    if source.kind == "registry":
+        return _arch_is_video(source.name)
+    if source.kind == "weights":
+        return _arch_is_video(SHIPPED[source.name])
+    assert source.path is not None
+    try:
+        if source.kind == "checkpoint" and source.path.suffix.lower() == ".safetensors":
+            from unweather.models import read_metadata
+
+            arch = read_metadata(source.path).get("arch")
+            return _arch_is_video(arch) if arch else None
+        if source.kind == "onnx":
+            from unweather.engine.export import is_stateful_graph, load_graph
+
+            return is_stateful_graph(load_graph(source.path))
+        if source.kind == "tensorrt":
+            from unweather.engine.tensorrt_build import read_sidecar
+
+            meta = read_sidecar(source.path) or {}
+            return bool(meta["stateful"]) if "stateful" in meta else None
+    except UnweatherError:
+        return None
+    return None
+
+
+def _arch_is_video(arch: str) -> bool | None:
+    from unweather.models import build, names
+
+    if arch not in names():
+        return None
+    with torch.device("meta"):
+        return bool(getattr(build(arch), "stateful", False))
 
 
 def network_digest(net: nn.Module) -> str:

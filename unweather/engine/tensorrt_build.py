@@ -52,10 +52,11 @@ class EngineLoadError(UnweatherError):
 
 @dataclass(frozen=True)
 class Profile:
-    """An optimisation profile for the "frames" input: smallest, typical and largest NxCxHxW.
+    """An optimisation profile for the frames input: smallest, typical and largest NxCxHxW.
 
     For graphs that pad frames themselves (unweather exports since graph format 2) these are frame
-    sizes, any height and width; for older graphs, the padded sizes the network runs at.
+    sizes, any height and width; for older graphs, the padded sizes the network runs at. A video
+    network's state inputs get the same sizes (`input_profiles`).
     """
 
     min: Shape = DEFAULT_MIN
@@ -119,12 +120,33 @@ def check_profile(profile: Profile, multiple: int = 1, min_size: int = 1, pads_i
             raise UnweatherError(f"profile {profile.describe()}: the {label} must satisfy min <= opt <= max")
 
 
+def input_profiles(inputs: list[str], profile: Profile) -> dict[str, tuple[Shape, Shape, Shape]]:
+    """The (min, opt, max) shape of every input of a graph, from the frames' `profile`.
+
+    A frame network has one input; a video network three (`unweather.engine.export.VIDEO_INPUTS`): the
+    frame, and its state at the frame's size, the background with 3 channels and the weight with 1.
+
+    Raises:
+        UnweatherError: inputs that are neither.
+    """
+    from unweather.engine.export import VIDEO_INPUTS
+
+    if len(inputs) == 1:
+        return {inputs[0]: (profile.min, profile.opt, profile.max)}
+    if sorted(inputs) != sorted(VIDEO_INPUTS):
+        raise UnweatherError(f"the graph has inputs {', '.join(inputs)}; an engine takes one (frames) or a video "
+                             f"network's three ({', '.join(VIDEO_INPUTS)})")
+    channels = dict(zip(VIDEO_INPUTS, (3, 3, 1)))
+    return {name: tuple((n, channels[name], h, w) for n, _, h, w in (profile.min, profile.opt, profile.max))
+            for name in inputs}
+
+
 def check_graph_profile(onnx_path: str | os.PathLike[str], profile: Profile) -> dict[str, Any]:
     """Check `profile` against what the ONNX graph's metadata says it takes; return those facts.
 
     Returns:
         pad_multiple, min_size, pads_in_graph (the graph pads, crops and clamps frames itself, so
-        the profile is in frame sizes) and clamped, for the engine's sidecar.
+        the profile is in frame sizes), clamped and stateful (a video network), for the engine's sidecar.
     """
     from unweather.engine.export import read_onnx_metadata
 
@@ -134,6 +156,7 @@ def check_graph_profile(onnx_path: str | os.PathLike[str], profile: Profile) -> 
         "min_size": int(meta.get("unweather.min_size", 1)),
         "pads_in_graph": meta.get("unweather.pads_in_graph") == "reflect",
         "clamped": bool(meta.get("unweather.clamped")),
+        "stateful": meta.get("unweather.stateful") == "true",
     }
     check_profile(profile, facts["pad_multiple"], facts["min_size"], facts["pads_in_graph"])
     return facts
@@ -395,7 +418,7 @@ def build_engine(onnx_path: str | os.PathLike[str], plan_path: str | os.PathLike
     """
     import torch
 
-    from unweather.engine.export import INPUT_NAME, read_onnx_metadata
+    from unweather.engine.export import read_onnx_metadata
 
     trt = import_tensorrt()
     api = api_for(str(trt.__version__))
@@ -424,14 +447,14 @@ def build_engine(onnx_path: str | os.PathLike[str], plan_path: str | os.PathLike
             raise UnweatherError(f"TensorRT's ONNX parser rejected {onnx_path} ({len(errors)} error(s); "
                                  f"first: {errors[0] if errors else 'no detail'})")
         inputs = [network.get_input(i).name for i in range(network.num_inputs)]
-        if len(inputs) != 1:
-            raise UnweatherError(f"{onnx_path} has {len(inputs)} inputs; an engine takes one ({INPUT_NAME!r})")
+        shapes = input_profiles(inputs, profile)
 
         config = builder.create_builder_config()
         if workspace_mb is not None:
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
         optimisation = builder.create_optimization_profile()
-        optimisation.set_shape(inputs[0], profile.min, profile.opt, profile.max)
+        for name, (low, opt, high) in shapes.items():
+            optimisation.set_shape(name, low, opt, high)
         config.add_optimization_profile(optimisation)
         cache_bytes = timing_cache.read_bytes() if timing_cache.is_file() else b""
         cache = config.create_timing_cache(cache_bytes)

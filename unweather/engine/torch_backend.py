@@ -57,6 +57,7 @@ class TorchEngine(Engine):
             logger.warning("fp16 on the CPU with torch is slow (few native kernels); fp32 or bf16 run faster")
         self.dtype = DTYPES[precision]
         self.channels_last = self.device.type == "cuda" if channels_last is None else bool(channels_last)
+        self.stateful = bool(getattr(net, "stateful", False))
         self.net = net.eval().to(device=self.device, dtype=self.dtype)
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -82,6 +83,13 @@ class TorchEngine(Engine):
             # Out of place: a network may hand back its input (identity), which may be the caller's frames.
             out = self._forward(x).clamp(0.0, 1.0)
         return out.to(frames.dtype).contiguous()
+
+    @torch.inference_mode()
+    def infer_step(self, frames: torch.Tensor, bg: torch.Tensor, weight: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out, new_bg, new_weight = self._forward(self._prepare(frames), self._prepare(bg), self._prepare(weight))
+        return (out.clamp(0.0, 1.0).to(frames.dtype).contiguous(), new_bg.to(bg.dtype).contiguous(),
+                new_weight.to(weight.dtype).contiguous())
 
     def _replay(self, x: torch.Tensor) -> torch.Tensor:
         key = (tuple(x.shape), x.dtype)

@@ -3,7 +3,7 @@
 Each model module is imported here by name, which registers its factories.
 """
 
-from unweather.models import identity, msbdn, student  # noqa: F401  (registers models)
+from unweather.models import identity, msbdn, student, video  # noqa: F401  (registers models)
 from unweather.models.checkpoint import load_checkpoint, read_metadata, save
 from unweather.models.ckt import CKT
 from unweather.models.flops import count_flops

@@ -14,8 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this area's subcommands."""
     parser = subparsers.add_parser(
         "models",
-        help="list the shipped weights (fast, quality) and the networks: parameters, FLOPs per pixel, taps",
-        description="List the trained weights shipped with the package (what --model fast and --model quality "
+        help="list the shipped weights (fast, quality, video) and the networks: parameters, FLOPs per pixel, taps",
+        description="List the trained weights shipped with the package (what --model fast, quality and video "
         "load), then the registered networks with their parameters, FLOPs per pixel (a multiply-add counts 2), "
         "the size multiple frames are padded to, and the channels of their four feature taps.",
     )
@@ -76,8 +76,10 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 # What each shipped weights file is for (the file's own metadata gives its network and training).
-SHIPPED_ROLES = {"fast": "the small student, for real time on a CPU; the default there",
-                 "quality": "the larger student, for GPUs and offline work; the default on a GPU"}
+SHIPPED_ROLES = {"fast": "the small student, for real time on a CPU; the default there for images",
+                 "quality": "the larger student, for GPUs and offline work; the default on a GPU for images",
+                 "video": "the video student (fast's network and a temporal state), for real time; the "
+                          "default for videos and streams"}
 
 
 def describe_weights() -> list[dict[str, object]]:

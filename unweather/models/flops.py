@@ -16,8 +16,8 @@ def count_flops(model: nn.Module, height: int, width: int) -> int:
 
     A multiply-add counts as 2 FLOPs; convolutions and matrix products are counted, cheap
     elementwise operations are not. The frame is first padded as `PadCrop` would, so the count
-    is what a caller pays for that frame size. Nothing is computed: the network is copied to the
-    meta device.
+    is what a caller pays for that frame size. A video network (`stateful`) gets its state too. Nothing
+    is computed: the network is copied to the meta device.
     """
     multiple = int(getattr(model, "pad_multiple", 1))
     min_size = int(getattr(model, "min_size", 1))
@@ -26,11 +26,8 @@ def count_flops(model: nn.Module, height: int, width: int) -> int:
     meta_model = copy.deepcopy(model).to("meta").eval()
     x = torch.zeros(1, 3, h, w, device="meta")
     counter = FlopCounterMode(display=False)
+    inputs = (x, *meta_model.initial_state(x)) if getattr(meta_model, "stateful", False) else (x,)
     with counter, torch.no_grad():
-        meta_model(x)
+        meta_model(*inputs)
     return int(counter.get_total_flops())
 
-
-def flops_per_pixel(model: nn.Module, height: int = 256, width: int = 256) -> float:
-    """Return `count_flops` divided by the number of input pixels."""
-    return count_flops(model, height, width) / (height * width)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-from unweather.stream.config import RunConfig
+from unweather.stream.config import RunConfig, WarmUp
 
 if TYPE_CHECKING:
     from unweather.engine.base import Engine
@@ -18,11 +18,12 @@ if TYPE_CHECKING:
 
 
 def run(input: str, output: str | None = None, config: RunConfig | None = None,
-        engine: Engine | EngineClient | None = None, stop_event: threading.Event | None = None) -> RunStats:
+        engine: Engine | EngineClient | None = None, stop_event: threading.Event | None = None,
+        warmup: WarmUp | None = None) -> RunStats:
     """Restore `input` into `output`; see `unweather.stream.runner.run`."""
     from unweather.stream.runner import run as _run
 
-    return _run(input, output, config, engine=engine, stop_event=stop_event)
+    return _run(input, output, config, engine=engine, stop_event=stop_event, warmup=warmup)
 
 
 def run_many(inputs: list[str], output: str | None = None, config: RunConfig | None = None,
@@ -33,11 +34,11 @@ def run_many(inputs: list[str], output: str | None = None, config: RunConfig | N
     return _run_many(inputs, output, config, **kwargs)
 
 
-def open_engine(config: RunConfig) -> Engine:
-    """The engine `config` asks for; see `unweather.stream.runner.open_engine`."""
+def open_engine(config: RunConfig, video: bool = False) -> Engine:
+    """The engine `config` asks for (`video`: for videos and streams); see `unweather.stream.runner.open_engine`."""
     from unweather.stream.runner import open_engine as _open
 
-    return _open(config)
+    return _open(config, video)
 
 
 def __getattr__(name: str) -> Any:
@@ -48,4 +49,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["RunConfig", "RunStats", "open_engine", "run", "run_many"]
+__all__ = ["RunConfig", "RunStats", "WarmUp", "open_engine", "run", "run_many"]

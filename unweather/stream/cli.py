@@ -50,10 +50,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", metavar="OUTPUT",
                    help="where to write (default: beside the input, e.g. clip.unweather.mp4); with several "
                         "inputs a folder, DIR/, that gets one output per input named after it")
-    p.add_argument("--model", help="registry name, shipped weights (fast, quality), checkpoint, .onnx or engine "
-                                   "file (default: the package's default for the device)")
+    p.add_argument("--model", help="registry name, shipped weights (fast, quality, video), checkpoint, .onnx or "
+                                   "engine file (default: videos and streams: the video student `video`, which "
+                                   "carries a state from frame to frame, when it is shipped; images, and videos "
+                                   "without it: `fast` on the CPU, `quality` on a GPU)")
     p.add_argument("--backend", default="auto", help="torch, onnxruntime, tensorrt or auto (default)")
-    p.add_argument("--precision", help="fp32, fp16 or bf16 (default: the backend's choice)")
+    p.add_argument("--precision", help="fp32, fp16, bf16 or int8 (default: the backend's choice; bf16 on the CPU "
+                                       "needs native bf16: AVX-512 bf16 or AMX; int8 runs an int8 ONNX graph in "
+                                       "ONNX Runtime on the CPU, see `unweather export --precision int8`)")
+    p.add_argument("--allow-slow-precision", action="store_true",
+                   help="run --precision bf16 on a CPU without native bf16 anyway (emulated: many times slower "
+                        "than fp32; refused otherwise)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: a GPU when there is one)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow a checkpoint that pickles Python objects (runs code from the file)")
@@ -84,7 +91,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--side-by-side", action="store_true", help="write input | output side by side")
     p.add_argument("--temporal", type=float, default=0.0, metavar="S",
                    help="still cameras: blend each restored frame with the previous one where little changed, "
-                        "weight S in [0, 1), e.g. 0.8 (default 0: off; it smears a moving camera's picture)")
+                        "weight S in [0, 1), e.g. 0.8 (default 0: off; it smears a moving camera's picture); "
+                        "for frame models only (fast, quality): the video model carries its own history")
     p.add_argument("--stats", metavar="FILE.json",
                    help="write the run's statistics as JSON, in every mode: per input (and per chunk on Ray) "
                         "with the node and worker that restored it")
@@ -108,7 +116,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # Options whose value goes into `RunConfig` unchanged when given: option dest -> RunConfig field.
 _CONFIG_FIELDS = {
     "model": "model", "backend": "backend", "precision": "precision", "device": "device",
-    "trust_checkpoint": "trust_checkpoint", "batch": "batch", "mode": "mode", "max_frames": "max_frames",
+    "trust_checkpoint": "trust_checkpoint", "allow_slow_precision": "allow_slow_precision", "batch": "batch",
+    "mode": "mode", "max_frames": "max_frames",
     "side_by_side": "side_by_side", "temporal": "temporal", "stats": "stats_path", "codec": "codec", "crf": "crf",
     "preset": "preset", "open_timeout": "open_timeout", "read_timeout": "read_timeout",
     "stall_timeout": "stall_timeout_network", "give_up_after": "give_up_after", "rtsp_transport": "rtsp_transport",
@@ -153,6 +162,9 @@ def check_shared_options(args: argparse.Namespace, network: bool) -> None:
     """
     if getattr(args, "tile_overlap", None) is not None and getattr(args, "tile", None) is None:
         raise UnweatherError("--tile-overlap applies to tiles: give --tile SIZE too.")
+    if getattr(args, "allow_slow_precision", False) and getattr(args, "precision", None) != "bf16":
+        raise UnweatherError("--allow-slow-precision applies to --precision bf16 (emulated on CPUs without native "
+                             "bf16): give --precision bf16 too.")
     if not network and (names := given(args, NETWORK_OPTIONS)):
         raise UnweatherError(f"{names[0]} applies to network inputs and outputs (rtsp://, rtmp://, http(s)://, "
                              "srt://), and this run has none.")
@@ -172,9 +184,10 @@ def check_local_options(args: argparse.Namespace, config: RunConfig, many: bool)
     Raises:
         UnweatherError: the first such option, and why it does not apply.
     """
-    from unweather.stream.runner import default_output, is_live
+    from unweather.stream.runner import default_output, is_live, is_video_input
 
     check_shared_options(args, has_network(args.inputs, args.output))
+    check_temporal(config, any(is_video_input(i) for i in args.inputs))
     if args.engine_batch is not None:
         if not many:
             raise UnweatherError("--engine-batch shares one engine between several inputs; with one input, "
@@ -197,6 +210,18 @@ def check_local_options(args: argparse.Namespace, config: RunConfig, many: bool)
                              "(add --offline to keep every frame and batch them).")
     if outputs and (names := given(args, VIDEO_OPTIONS)) and not any(_writes_video(o) for o in outputs):
         raise UnweatherError(f"{names[0]} applies to video outputs, and this run writes images.")
+
+
+def check_temporal(config: RunConfig, video: bool) -> None:
+    """Refuse `--temporal` with a video model (`video`: the run has videos or streams, whose default it may be).
+
+    Raises:
+        UnweatherError: one line saying why, and what to do instead.
+    """
+    from unweather.stream.runner import temporal_refusal
+
+    if refusal := temporal_refusal(config, video):
+        raise UnweatherError(refusal)
 
 
 def _writes_video(output: str) -> bool:

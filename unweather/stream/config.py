@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
 from unweather.errors import UnweatherError
 
@@ -32,22 +32,47 @@ def parse_time(text: str, what: str = "time") -> float:
     return seconds
 
 
+@dataclass(frozen=True)
+class WarmUp:
+    """Frames at the start of an input that only prepare a video network's state (a chunk's lead-in).
+
+    An archive chunk restored on its own would start its video network with no history, and the
+    boundary would show; its input instead starts earlier, at a keyframe, and these frames come first.
+
+    Attributes:
+        skip: frames decoded and dropped: they only lead the decoder from the keyframe to the rest.
+        frames: frames after those that are restored, to warm the state, and not written.
+    """
+
+    skip: int = 0
+    frames: int = 0
+
+    @property
+    def total(self) -> int:
+        """Frames of the input that are not written."""
+        return self.skip + self.frames
+
+
 @dataclass
 class RunConfig:
     """Settings of one `unweather.stream.run`.
 
     Attributes:
-        model: registry name, shipped weights ("fast", "quality"), checkpoint, .onnx or engine file;
-            None: the package's default for the device.
+        model: registry name, shipped weights ("fast", "quality", "video"), checkpoint, .onnx or engine
+            file; None: the package's default for the input and device (`unweather.engine.default_model`:
+            "video" for videos and streams when it is shipped, else "fast" on the CPU, "quality" on CUDA).
         backend, precision, device: passed to `unweather.engine.open` (None/"auto": its choice).
         trust_checkpoint: allow unpickling a checkpoint that is not plain tensors (runs code from it).
+        allow_slow_precision: run bf16 on a CPU that only emulates it (many times slower than fp32;
+            refused otherwise, see `unweather.cpu.bf16_refusal`).
         batch: frames per inference call in offline mode (live mode always uses 1).
         mode: "live" (bounded latency: drop the oldest waiting frame when inference falls behind),
             "offline" (never drop, batch) or "auto" (live for network URLs and capture devices).
         max_frames: stop after this many input frames.
         side_by_side: write input | output side by side.
         temporal: still cameras: blend each restored frame with the previous output where they nearly
-            agree, with this weight in [0, 1) (0: off); `unweather.stream.temporal.TemporalFilter`.
+            agree, with this weight in [0, 1) (0: off); `unweather.stream.temporal.TemporalFilter`. For
+            frame models only: a video model carries its own history, and is refused with it.
         stats_path: also write the run's statistics as JSON there.
         codec: "auto" (NVENC when the engine is on a GPU and the encoder opens, else libx264),
             "libx264", "h264_nvenc", "libx265", ...
@@ -78,6 +103,7 @@ class RunConfig:
     precision: str | None = None
     device: str | None = None
     trust_checkpoint: bool = False
+    allow_slow_precision: bool = False
     batch: int = 1
     mode: str = "auto"
     max_frames: int | None = None
@@ -106,7 +132,6 @@ class RunConfig:
     duration: float | None = None
     strength: float = 1.0
     mask: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Times may be given as text, as on the command line and in sources files ("1:30", "00:01:30.5").
@@ -148,8 +173,3 @@ class RunConfig:
         return NetworkOptions(open_timeout=self.open_timeout, read_timeout=self.read_timeout,
                               stall_timeout=self.stall_timeout_network, give_up_after=self.give_up_after,
                               rtsp_transport=self.rtsp_transport)
-
-    @classmethod
-    def field_names(cls) -> set[str]:
-        """Names of every setting."""
-        return {f.name for f in fields(cls)}

@@ -9,6 +9,10 @@ batch to fill: when the engine keeps up, calls hold one stream's frames, as in a
 falls behind, the requests that piled up during the last call go together in the next. Live streams'
 requests are served before offline ones.
 
+A video network's steps batch the same way: each stream's pipeline keeps its own `VideoSession` (its
+state, aligned with its own camera) and sends the frame with its state; the shared call concatenates
+frames and states and hands each stream back its output and next state.
+
 Inputs are files, folders of videos, URLs or a sources file (see `unweather.sources_file`; nothing
 here imports Ray). One input that fails is reported by name and the others go on.
 """
@@ -29,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from unweather.errors import UnweatherError
 from unweather.fileio import write_text_atomic
-from unweather.media import IMAGE_SUFFIXES, VIDEO_EXTENSIONS, is_image_file, is_url, video_output_extension
+from unweather.media import is_image_file, is_url, is_video_file, video_output_extension
 from unweather.redact import redact
 from unweather.sources_file import Source, apply_options, is_sources_file, resolve_inputs
 from unweather.stream.config import RunConfig
@@ -51,15 +55,17 @@ ENGINE_FIELDS = ("model", "backend", "precision", "device", "trust_checkpoint")
 class _Request:
     """Frames of one stream waiting for the engine, and where their result goes."""
 
-    __slots__ = ("done", "error", "finished", "frames", "live", "ready", "result", "seq")
+    __slots__ = ("done", "error", "finished", "frames", "live", "ready", "result", "seq", "state")
 
-    def __init__(self, frames: torch.Tensor, live: bool, seq: int, ready: torch.cuda.Event | None) -> None:
+    def __init__(self, frames: torch.Tensor, live: bool, seq: int, ready: torch.cuda.Event | None,
+                 state: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         self.frames = frames
+        self.state = state  # a video network's (background, weight), or None for a frame network
         self.live = live
         self.seq = seq
         self.ready = ready  # a CUDA event recorded after the frames were written, or None
         self.done: torch.cuda.Event | None = None
-        self.result: torch.Tensor | None = None
+        self.result: Any = None
         self.error: BaseException | None = None
         self.finished = threading.Event()
 
@@ -138,8 +144,12 @@ class SharedEngine:
             req.error = UnweatherError(reason)
             req.finished.set()
 
-    def submit(self, frames: torch.Tensor, live: bool) -> torch.Tensor:
-        """Restore `frames` (N, 3, H, W) with the others waiting; blocks until they are done."""
+    def submit(self, frames: torch.Tensor, live: bool, state: tuple[torch.Tensor, torch.Tensor] | None = None
+               ) -> Any:
+        """Restore `frames` (N, 3, H, W) with the others waiting; blocks until they are done.
+
+        With `state`, a video network's step: returns (output, next state), as `Engine.step`.
+        """
         import torch
 
         ready = None
@@ -151,7 +161,7 @@ class SharedEngine:
                 raise UnweatherError(self._aborted)
             if self._thread is None or self._closing:
                 raise UnweatherError("the shared engine is not running.")
-            req = _Request(frames, live, self._seq, ready)
+            req = _Request(frames, live, self._seq, ready, state)
             self._seq += 1
             self._pending.append(req)
             self._cond.notify_all()
@@ -162,7 +172,8 @@ class SharedEngine:
         if req.done is not None:
             stream = torch.cuda.current_stream(frames.device)
             stream.wait_event(req.done)
-            req.result.record_stream(stream)
+            for tensor in _tensors(req.result):
+                tensor.record_stream(stream)
         return req.result
 
     def stats(self) -> dict[str, Any]:
@@ -197,11 +208,11 @@ class SharedEngine:
         frame size that fit in `max_batch`. Called with the lock held."""
         order = sorted(self._pending, key=lambda r: (not r.live, r.seq))
         first = order[0]
-        key = _batch_key(first.frames)
+        key = _batch_key(first)
         picked, total = [first], first.frames.shape[0]
         for req in order[1:]:
             n = req.frames.shape[0]
-            if total + n <= self.max_batch and _batch_key(req.frames) == key:
+            if total + n <= self.max_batch and _batch_key(req) == key:
                 picked.append(req)
                 total += n
         taken = {id(r) for r in picked}
@@ -212,7 +223,7 @@ class SharedEngine:
     def _run(self, picked: list[_Request]) -> None:
         t0 = time.perf_counter()
         try:
-            outs = self._call([r.frames for r in picked], picked)
+            outs = self._call(picked)
         except Exception as exc:  # the error goes back to the streams that asked
             if len(picked) == 1:
                 outs = [exc]
@@ -223,7 +234,7 @@ class SharedEngine:
                 outs = []
                 for req in picked:
                     try:
-                        outs += self._call([req.frames], [req])
+                        outs += self._call([req])
                     except Exception as single:  # noqa: BLE001 - reported to that stream only
                         outs.append(single)
         elapsed = time.perf_counter() - t0
@@ -240,35 +251,50 @@ class SharedEngine:
                 req.error = out
             else:
                 req.result = out
-            req.frames = None
+            req.frames = req.state = None
             req.finished.set()
         if self._progress is not None:
             self._progress.update(frames)
 
-    def _call(self, inputs: list[torch.Tensor], picked: list[_Request]) -> list[torch.Tensor]:
+    def _call(self, picked: list[_Request]) -> list[Any]:
         import torch
 
         with torch.inference_mode():
             if self._stream is None:
-                return self._infer(inputs)
+                return self._infer(picked)
             with torch.cuda.stream(self._stream):
                 for req in picked:
                     self._stream.wait_event(req.ready)
-                    req.frames.record_stream(self._stream)
-                outs = self._infer(inputs)
+                    for tensor in _tensors((req.frames, req.state)):
+                        tensor.record_stream(self._stream)
+                outs = self._infer(picked)
                 done = torch.cuda.Event()
                 done.record(self._stream)
             for req in picked:
                 req.done = done
             return outs
 
-    def _infer(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _infer(self, picked: list[_Request]) -> list[Any]:
         import torch
 
+        if picked[0].state is not None:
+            return self._step(picked)
+        inputs = [r.frames for r in picked]
         if len(inputs) == 1:
             return [self.engine(inputs[0])]  # exactly what a stream alone would get
         out = self.engine(torch.cat(inputs))
         return list(torch.split(out, [x.shape[0] for x in inputs]))
+
+    def _step(self, picked: list[_Request]) -> list[tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]]:
+        import torch
+
+        if len(picked) == 1:
+            return [self.engine.step(picked[0].frames, picked[0].state)]
+        sizes = [r.frames.shape[0] for r in picked]
+        frames = torch.cat([r.frames for r in picked])
+        state = (torch.cat([r.state[0] for r in picked]), torch.cat([r.state[1] for r in picked]))
+        out, (bg, weight) = self.engine.step(frames, state)
+        return [(o, (b, w)) for o, b, w in zip(*(torch.split(t, sizes) for t in (out, bg, weight)))]
 
 
 class EngineClient:
@@ -283,6 +309,14 @@ class EngineClient:
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         out = self.shared.submit(frames, self.live)
+        self.frames += frames.shape[0]
+        self.calls += 1
+        return out
+
+    def step(self, frames: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+             ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """A video network's step (see `Engine.step`), batched with other streams' steps."""
+        out = self.shared.submit(frames, self.live, state)
         self.frames += frames.shape[0]
         self.calls += 1
         return out
@@ -311,8 +345,20 @@ def default_max_batch(engine: Engine) -> int:
         return 8
 
 
-def _batch_key(frames: torch.Tensor) -> tuple:
-    return (tuple(frames.shape[1:]), frames.dtype, frames.device)
+def _batch_key(req: _Request) -> tuple:
+    frames = req.frames
+    return (tuple(frames.shape[1:]), frames.dtype, frames.device, req.state is not None)
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors in nested tuples and lists (None and other values skipped)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    return []
 
 
 def _describe(engine: Engine | EngineClient) -> str:
@@ -345,12 +391,12 @@ def wants_many(inputs: Sequence[str]) -> bool:
 
 def _folder_kind(folder: str) -> str:
     try:
-        names = [n.lower() for n in os.listdir(folder)]
+        names = os.listdir(folder)
     except OSError:
         return "other"
-    if any(n.endswith(VIDEO_EXTENSIONS) for n in names):
+    if any(is_video_file(n) for n in names):
         return "videos"
-    if any(n.endswith(IMAGE_SUFFIXES) for n in names):
+    if any(is_image_file(n) for n in names):
         return "images"
     return "other"
 
@@ -545,6 +591,8 @@ def run_many(inputs: Sequence[str], output: str | None = None, config: RunConfig
         KeyboardInterrupt: raised by the caller's signal handler to stop at once; every stream is
             stopped, its output closed, and the interrupt passed on.
     """
+    from unweather.stream.runner import is_video_input, model_name
+
     config = config or RunConfig()
     config.validate()
     plans = plan_streams(inputs, output, config)
@@ -565,10 +613,13 @@ def run_many(inputs: Sequence[str], output: str | None = None, config: RunConfig
     try:
         clients = {}
         for plan in plans:
-            key = tuple(getattr(plan.config, f) for f in ENGINE_FIELDS) if engine is None else ()
+            video = is_video_input(plan.input)
+            # The default model depends on the input (videos: the video student), so it is part of the key.
+            key = ((model_name(plan.config, video), *(getattr(plan.config, f) for f in ENGINE_FIELDS[1:]))
+                   if engine is None else ())
             if key not in shared:
                 try:
-                    inner = engine if engine is not None else _open_engine(plan.config)
+                    inner = engine if engine is not None else _open_engine(plan.config, video)
                 except UnweatherError as exc:
                     results[plan.name] = _failed(plan, str(exc))
                     continue
@@ -608,10 +659,10 @@ def run_many(inputs: Sequence[str], output: str | None = None, config: RunConfig
     return stats
 
 
-def _open_engine(config: RunConfig) -> Engine:
+def _open_engine(config: RunConfig, video: bool) -> Engine:
     from unweather.stream.runner import open_engine
 
-    return open_engine(config)
+    return open_engine(config, video)
 
 
 def _run_stream(plan: StreamPlan, client: EngineClient, stop_event: threading.Event,

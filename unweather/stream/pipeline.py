@@ -6,6 +6,20 @@ queues before it, so upstream stages stop, and still passes `EOS` on, so every f
 it is written and the output is closed playable. Offline runs never drop a frame and batch; live
 runs use batch 1 and drop the oldest waiting frame when inference falls behind.
 
+A live run does not drop while it starts: from a connection's first frame (the run's, and again
+after each reconnection) until that frame is written, the decode queue keeps up to
+`_STARTUP_HOLD_S` seconds of frames, since opening the encoder, the engine's first call and an RTSP
+source's probing burst all come at once then. The backlog is then worked off; when it grows again
+instead (the machine cannot keep up) or takes longer than `_CATCH_UP_S`, it is cut to the newest
+frames and dropping resumes. The statistics count drops by cause: `startup` and `overload`.
+
+A video network (`Engine.stateful`) runs through one `VideoSession` per pipeline, frame by frame in
+order (batches too): its state follows the camera's motion and is emptied on a cut (the session), on
+a reconnection of a network source and on a gap in timestamps (here: more than `_GAP_INTERVALS` frame
+intervals without a frame, e.g. frames a live source or the live queues dropped). A seek (`--start`)
+starts a new pipeline, hence an empty state. The statistics count resets by cause. A `WarmUp` makes
+the first frames of an input warm the state without being written (an archive chunk's lead-in).
+
 On a GPU, decoded planes are copied into a ring of pinned host buffers, uploaded on their own CUDA
 stream, converted to float RGB there, restored on an inference stream, converted back to YUV and
 downloaded on a third stream; stages hand each other CUDA events, never a device-wide sync. On a
@@ -14,6 +28,7 @@ CPU the structure is the same with plain buffers.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import enum
 import functools
@@ -29,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from unweather.engine.session import VideoSession
 from unweather.errors import UnweatherError
 from unweather.redact import redact
 from unweather.stream.colour import (
@@ -40,12 +56,12 @@ from unweather.stream.colour import (
     spec_for,
     yuv420_to_rgb,
 )
-from unweather.stream.config import RunConfig
-from unweather.stream.queues import EOS, Aborted, BufferRing, FrameQueue
+from unweather.stream.config import RunConfig, WarmUp
+from unweather.stream.queues import EOS, OVERLOAD, STARTUP, Aborted, BufferRing, FrameQueue
 from unweather.stream.sinks import Sink
 from unweather.stream.sources import Source, SourceFrame
 from unweather.stream.stats import STAGES, LatencyWindow, RunStats
-from unweather.stream.temporal import TemporalFilter
+from unweather.stream.temporal import TemporalFilter, video_model_refusal
 
 if TYPE_CHECKING:
     from unweather.engine.base import Engine
@@ -56,6 +72,14 @@ logger = logging.getLogger(__name__)
 _YUV_FORMATS = ("yuv420p", "yuvj420p")
 _RGB_FORMATS = ("rgb24", "bgr24", "rgba", "bgra", "argb", "abgr", "rgb0", "bgr0", "0rgb", "0bgr", "gbrp",
                 "rgb48le", "rgb48be", "gbrp10le", "gbrp12le", "gbrp16le", "gbrap")
+
+# Live start-up (module docstring): frames a starting connection may wait in, in seconds of video; a backlog
+# that grows by this much above its lowest means the machine falls behind; and the longest catch-up.
+_STARTUP_HOLD_S = 2.0
+_FALLING_BEHIND_S = 0.25
+_CATCH_UP_S = 3.0
+# A video network's history is void after this many frame intervals without a frame (3 or more frames missing).
+_GAP_INTERVALS = 3.5
 
 
 class State(enum.Enum):
@@ -79,6 +103,8 @@ class _Frame:
     name: str | None
     key: tuple
     host: dict[str, torch.Tensor] | None
+    connection: int = 0  # the source's reconnection count when the frame came
+    warm: bool = False  # a warm-up frame: restored, not written
 
 
 @dataclass
@@ -147,10 +173,23 @@ class Pipeline:
         mask: `config.mask` as loaded by `unweather.stream.mask.load_mask` (None: no mask).
         announce: logged as "writing ANNOUNCE" when the first frame is written (an output name the
             user did not give), so that nothing is announced for a run that fails before.
+        warmup: leading frames that only warm a video network's state (None: none).
+
+    Raises:
+        UnweatherError: `config.temporal` or tiles with a video network (it carries its own history, whole frames).
     """
 
     def __init__(self, source: Source, sink: Sink, engine: Engine | EngineClient, config: RunConfig, live: bool,
-                 stop_event: threading.Event, mask: Any = None, announce: str | None = None) -> None:
+                 stop_event: threading.Event, mask: Any = None, announce: str | None = None,
+                 warmup: WarmUp | None = None) -> None:
+        self.session = VideoSession(engine)
+        if config.temporal and self.session.stateful:
+            raise UnweatherError(video_model_refusal(getattr(engine, "model", "") or "this model",
+                                                     default=config.model is None))
+        if self.session.stateful and getattr(engine, "tile", None):
+            raise UnweatherError("--tile applies to frame models: a video model runs whole frames with its state "
+                                 "(choose a frame model with --model fast or quality to restore in tiles).")
+        self.warmup = warmup or WarmUp()
         self.source = source
         self.announce = announce
         self.mask = mask
@@ -194,12 +233,18 @@ class Pipeline:
         self.rotation = 0
         self.frames_in = 0
         self.frames_out = 0
+        self.warmed = 0  # warm-up frames restored (not written)
+        self._lead = 0  # warm-up frames decoded so far
+        self._next_id = 0
+        self._continuity = _Continuity(source)
         self.interrupted = False
         self.stopped_early = False
         self.busy = dict.fromkeys(STAGES, 0.0)
         self.latency = LatencyWindow()
         self.error: UnweatherError | None = None
         self._error_lock = threading.Lock()
+        self._startup = _Startup() if live else None
+        self._last_written = -1  # the id of the last frame written (set by the encode stage)
         self._started = 0.0
         self._bar: Any = None
 
@@ -235,6 +280,14 @@ class Pipeline:
                 sf = next(frames)
             except StopIteration:
                 break
+            if self._lead < self.warmup.total:
+                self._lead += 1
+                if self._lead > self.warmup.skip:
+                    item = self._to_host(sf)
+                    item.warm = True
+                    self.busy["decode"] += time.perf_counter() - t0
+                    self.q_dec.put(item, self.wait)
+                continue
             if span is not None:
                 t = float(sf.pts * sf.time_base)
                 first_time = t if first_time is None else first_time
@@ -243,6 +296,8 @@ class Pipeline:
                     break
             item = self._to_host(sf)
             self.busy["decode"] += time.perf_counter() - t0
+            if self._startup is not None:
+                self._pace_startup(item)
             self.q_dec.put(item, self.wait)
             self.frames_in += 1
             if limit is not None and self.frames_in >= limit:
@@ -253,6 +308,52 @@ class Pipeline:
         frames.close()
         if self.frames_in == 0 and not self.interrupted:
             raise UnweatherError(f"{redact(self.source.description)} has no video frames.")
+
+    def _pace_startup(self, item: _Frame) -> None:
+        """Live mode, before `item` is queued: hold the decode queue while a connection starts, release it after."""
+        st = self._startup
+        connection = self.source.reconnections
+        if connection != st.connection:
+            st.connection = connection
+            self._hold(item)
+            return
+        if st.first_id is None:
+            return
+        depth = len(self.q_dec)
+        if st.caught_up_by is None:
+            if self._last_written < st.first_id:
+                return
+            # The connection's first frame is written: from here the backlog should shrink.
+            st.caught_up_by = time.monotonic() + _CATCH_UP_S
+            st.lowest = depth
+        if depth == 0 and len(self.q_up) == 0:
+            # Caught up as far as inference: releasing now cannot drop a frame that would have been restored.
+            self._release(behind=False)
+        elif depth >= st.lowest + st.slack or time.monotonic() >= st.caught_up_by:
+            self._release(behind=True)
+        else:
+            st.lowest = min(st.lowest, depth)
+
+    def _hold(self, item: _Frame) -> None:
+        st = self._startup
+        rate = float(self.source.rate) if self.source.rate else 25.0
+        held = self.q_dec.capacity + max(1, round(rate * _STARTUP_HOLD_S))
+        st.first_id, st.caught_up_by, st.lowest = item.id, None, held
+        st.slack = max(2, round(rate * _FALLING_BEHIND_S))
+        # The held frames, the one being uploaded, the one being decoded and the batch each own a buffer.
+        self.in_ring.resize(held + self.batch + 2)
+        self.q_up.hold(None, STARTUP)  # upload waits for inference, so the backlog stays here, counted
+        self.q_dec.hold(held, STARTUP)
+        logger.debug("live start-up from frame %d: holding up to %d frames", item.id, held)
+
+    def _release(self, behind: bool) -> None:
+        st = self._startup
+        cut = self.q_dec.release(OVERLOAD)
+        self.q_up.release(OVERLOAD)
+        self.in_ring.resize(self.q_dec.capacity + self.batch + 2)
+        logger.debug("live start-up from frame %d over%s", st.first_id,
+                     f": behind the source, {cut} frames dropped" if behind else "")
+        st.first_id, st.caught_up_by = None, None
 
     def _first_frame(self, sf: SourceFrame) -> None:
         """Decide the frame layout and colour conversion from the first frame."""
@@ -303,7 +404,9 @@ class Pipeline:
                 rows, cols = dst.shape
                 src = np.frombuffer(plane, np.uint8, count=plane.line_size * rows).reshape(rows, plane.line_size)
                 dst[...] = src[:, :cols]
-        return _Frame(self.frames_in, sf.pts, sf.time_base, sf.arrival, sf.name, key, host)
+        self._next_id += 1
+        return _Frame(self._next_id - 1, sf.pts, sf.time_base, sf.arrival, sf.name, key, host,
+                      connection=self.source.reconnections)
 
     # -- stage 2: upload and convert to float RGB -----------------------------------------------
     def _upload(self) -> None:
@@ -376,27 +479,45 @@ class Pipeline:
                 with torch.cuda.stream(self.s_inf):
                     self.s_inf.wait_event(batch.ready)
                     batch.tensor.record_stream(self.s_inf)
-                    out = self._restore(batch.tensor)
+                    out = self._restore(batch.tensor, batch.frames)
                     batch.ready = torch.cuda.Event()
                     batch.ready.record(self.s_inf)
             else:
-                out = self._restore(batch.tensor)
+                out = self._restore(batch.tensor, batch.frames)
             batch.tensor = out
             self.busy["infer"] += time.perf_counter() - t0
             self.q_inf.put(batch, self.wait)
 
-    def _restore(self, x: torch.Tensor) -> torch.Tensor:
+    def _restore(self, x: torch.Tensor, frames: list[_Frame]) -> torch.Tensor:
         # The network sees the picture upright (rain falls down), as the viewer does.
         k = (self.rotation // 90) % 4
         if k:
             x = torch.rot90(x, k, dims=(-2, -1))
         with torch.inference_mode():
-            out = self._blend(x, self.temporal(self.engine(x)))
+            out = self._blend(x, self.temporal(self._network(x, frames)))
             if self.config.side_by_side:
                 out = torch.cat([x, out.to(x.dtype)], dim=-1)
         if k:
             out = torch.rot90(out, -k, dims=(-2, -1))
         return out
+
+    def _network(self, x: torch.Tensor, frames: list[_Frame]) -> torch.Tensor:
+        """The engine's output for a batch; a video network's state is emptied where the stream broke."""
+        if not self.session.stateful:
+            return self.session(x)
+        outs = []
+        start = 0
+        for i, frame in enumerate(frames):
+            reason = self._continuity.check(frame)
+            if reason is None:
+                continue
+            if i > start:
+                outs.append(self.session(x[start:i]))
+                start = i
+            logger.debug("frame %d: the video state is reset (%s)", frame.id, reason)
+            self.session.reset(reason)
+        outs.append(self.session(x[start:]))
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def _blend(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """--strength, then --mask: out = s * out + (1 - s) * in, then mask * in + (1 - mask) * out.
@@ -477,6 +598,10 @@ class Pipeline:
                 out = self.q_enc.get(self.wait)
                 if out is EOS:
                     return
+                if out.frame.warm:
+                    self.out_ring.release(out.key, out.host)
+                    self.warmed += 1
+                    continue
                 t0 = time.perf_counter()
                 planes = tuple(out.host[name].numpy() for name in _plane_names(out.key))
                 frame = out.frame
@@ -484,6 +609,7 @@ class Pipeline:
                     logger.info("writing %s", self.announce)
                     self.announce = None
                 self.sink.write(planes, frame.pts, frame.time_base, frame.name)
+                self._last_written = frame.id
                 self.out_ring.release(out.key, out.host)
                 now = time.monotonic()
                 self.busy["encode"] += time.perf_counter() - t0
@@ -582,6 +708,8 @@ class Pipeline:
         from tqdm import tqdm
 
         total = self.source.total
+        if total and self.warmup.total:
+            total = max(0, total - self.warmup.total)
         if total and self.config.max_frames:
             total = min(total, self.config.max_frames)
         return tqdm(total=total, unit="frame", file=sys.stderr, dynamic_ncols=True, leave=False,
@@ -590,11 +718,17 @@ class Pipeline:
     def _stats(self, elapsed: float) -> RunStats:
         queues = {}
         dropped = 0
+        drops = {STARTUP: 0, OVERLOAD: 0}
         for q in (self.q_dec, self.q_up, self.q_inf, self.q_enc):
             queues[q.name] = {"capacity": q.capacity, "max_depth": q.max_depth,
                               "mean_depth": round(q.mean_depth, 3), "dropped": q.dropped}
-            dropped += q.dropped * (1 if q is self.q_dec else self.batch)
+            frames = 1 if q is self.q_dec else self.batch
+            dropped += q.dropped * frames
+            for cause, count in q.drops.items():
+                drops[cause] = drops.get(cause, 0) + count * frames
         expected = self.source.frames_expected
+        if expected is not None and self.warmup.total:
+            expected = max(0, expected - self.warmup.total)
         if expected is not None and self.config.max_frames is not None:
             expected = min(expected, self.config.max_frames)
         complete = not (self.interrupted or self.stopped_early)
@@ -604,6 +738,7 @@ class Pipeline:
             frames_in=self.frames_in,
             frames_out=self.frames_out,
             dropped=dropped,
+            drops=drops,
             frames_expected=expected,
             input_truncated=bool(self.source.truncated and complete),
             corrupt_packets=self.source.corrupt_packets,
@@ -613,12 +748,68 @@ class Pipeline:
             latency_ms=self.latency.percentiles(),
             queues=queues,
             reconnections=self.source.reconnections,
+            resets=dict(self.session.resets),
+            warmup_frames=self.warmed,
             width=self.source.width,
             height=self.source.height,
             batch=self.batch,
             interrupted=self.interrupted,
             error=str(self.error) if self.error else None,
         )
+
+
+class _Continuity:
+    """Where a stream's history breaks between consecutive frames: a reconnection or a gap in timestamps.
+
+    A frame interval is the median of the last intervals seen, and the source's nominal rate until three
+    were seen: a variable frame rate file's average rate, or a network source's missing one, would misjudge it.
+    """
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.connection: int | None = None
+        self.last: float | None = None
+        self.intervals: collections.deque[float] = collections.deque(maxlen=15)
+
+    def check(self, frame: _Frame) -> str | None:
+        """Why the history is void before `frame` ("reconnection", "gap"), or None; frames come in order."""
+        t = float(frame.pts * frame.time_base)
+        reason = None
+        if self.connection is not None and frame.connection != self.connection:
+            reason = "reconnection"
+        elif self.last is not None:
+            delta = t - self.last
+            interval = self._interval()
+            if interval is not None and delta > _GAP_INTERVALS * interval:
+                reason = "gap"
+            elif delta > 0:
+                self.intervals.append(delta)
+        self.connection, self.last = frame.connection, t
+        return reason
+
+    def _interval(self) -> float | None:
+        if len(self.intervals) >= 3:
+            return sorted(self.intervals)[len(self.intervals) // 2]
+        rate = self.source.rate
+        return 1.0 / float(rate) if rate else None
+
+
+@dataclass
+class _Startup:
+    """Where a live run's start-up stands (decode thread only).
+
+    Attributes:
+        connection: the source's reconnection count its frames came with (None before the first).
+        first_id: the id of the first frame of the connection starting, None once it has started.
+        caught_up_by: once that frame is written, when the backlog must be worked off.
+        lowest: the smallest backlog seen since; slack: by how much it may grow again (frames).
+    """
+
+    connection: int | None = None
+    first_id: int | None = None
+    caught_up_by: float | None = None
+    lowest: int = 0
+    slack: int = 2
 
 
 def _logs_above(bar: Any) -> contextlib.AbstractContextManager[None]:

@@ -22,6 +22,10 @@ class _EndOfStream:
 
 EOS: Any = _EndOfStream()  # the sentinel a stage passes on when its input has ended
 
+# The causes of live drops: the machine fell behind the source, or the run (or a reconnection) was starting.
+OVERLOAD = "overload"
+STARTUP = "startup"
+
 
 class Aborted(Exception):
     """The queue was aborted: the pipeline is stopping because of an error elsewhere."""
@@ -39,6 +43,9 @@ class FrameQueue:
         capacity: items it holds.
         drop_oldest: when full, `put` discards the oldest waiting item (live mode) instead of waiting.
         on_drop: called with each discarded item (to release its buffers).
+
+    A dropping queue can be held for a while (`hold`, a live run starting): it then keeps more items,
+    or waits for room, and `release` makes it drop at `capacity` again. Drops are counted by cause.
     """
 
     def __init__(self, name: str, capacity: int, drop_oldest: bool = False,
@@ -50,6 +57,11 @@ class FrameQueue:
         self.drop_oldest = drop_oldest
         self.on_drop = on_drop
         self.dropped = 0
+        # Drops by cause: `overload` unless a `hold` names another.
+        self.drops: dict[str, int] = {}
+        self._keep = capacity
+        self._dropping = drop_oldest
+        self._cause = OVERLOAD
         self.max_depth = 0
         self._depth_sum = 0
         self._puts = 0
@@ -73,36 +85,73 @@ class FrameQueue:
             Aborted: the queue was aborted.
             StallError: no room within `timeout`.
         """
-        dropped = None
         with self._cond:
             if self._aborted:
                 raise Aborted(self.name)
-            if len(self._items) >= self.capacity:
-                if self.drop_oldest:
-                    # Never drop the end-of-stream marker: only frames.
-                    for i, old in enumerate(self._items):
-                        if old is not EOS:
-                            dropped = old
-                            del self._items[i]
-                            self.dropped += 1
-                            break
-                else:
-                    deadline = time.monotonic() + timeout
-                    while len(self._items) >= self.capacity and not self._aborted:
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            raise StallError(f"the pipeline stalled: no room in the {self.name} queue for "
-                                             f"{timeout:.0f} s.")
-                        self._cond.wait(left)
-                    if self._aborted:
-                        raise Aborted(self.name)
+            deadline = time.monotonic() + timeout
+            dropped = []
+            while len(self._items) >= self._keep:
+                if self._dropping:
+                    dropped = self._drop_oldest(1, self._cause)
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StallError(f"the pipeline stalled: no room in the {self.name} queue for "
+                                     f"{timeout:.0f} s.")
+                self._cond.wait(left)
+                if self._aborted:
+                    raise Aborted(self.name)
             self._items.append(item)
             self._puts += 1
             self._depth_sum += len(self._items)
             self.max_depth = max(self.max_depth, len(self._items))
             self._cond.notify_all()
-        if dropped is not None and self.on_drop is not None:
-            self.on_drop(dropped)
+        self._discard(dropped)
+
+    def hold(self, limit: int | None, cause: str) -> None:
+        """Stop dropping at `capacity` for now (a live run starting).
+
+        Args:
+            limit: keep up to this many items, then drop the oldest, counted under `cause`; None: wait
+                for room instead, as a queue that never drops (the queue before then keeps the backlog).
+            cause: what drops while held are counted as.
+        """
+        with self._cond:
+            self._keep = self.capacity if limit is None else max(limit, self.capacity)
+            self._dropping = self.drop_oldest and limit is not None
+            self._cause = cause
+            self._cond.notify_all()
+
+    def release(self, cause: str = OVERLOAD) -> int:
+        """Drop at `capacity` again: the oldest items beyond it go now, counted under `cause`, as later drops are.
+
+        Returns:
+            How many items were dropped now.
+        """
+        with self._cond:
+            self._keep, self._dropping, self._cause = self.capacity, self.drop_oldest, cause
+            dropped = self._drop_oldest(len(self._items) - self.capacity, cause) if self.drop_oldest else []
+            # A producer waiting for room while held may now drop instead.
+            self._cond.notify_all()
+        self._discard(dropped)
+        return len(dropped)
+
+    def _drop_oldest(self, count: int, cause: str) -> list[Any]:
+        """Remove the `count` oldest frames (never the end-of-stream marker); the lock is held."""
+        dropped: list[Any] = []
+        kept: collections.deque[Any] = collections.deque()
+        for old in self._items:
+            (dropped if len(dropped) < count and old is not EOS else kept).append(old)
+        self._items = kept
+        self.dropped += len(dropped)
+        if dropped:
+            self.drops[cause] = self.drops.get(cause, 0) + len(dropped)
+        return dropped
+
+    def _discard(self, dropped: list[Any]) -> None:
+        if self.on_drop is not None:
+            for old in dropped:
+                self.on_drop(old)
 
     def put_eos(self) -> None:
         """Append the end-of-stream marker, whatever the capacity (it never blocks)."""
@@ -198,7 +247,19 @@ class BufferRing:
     def release(self, key: Any, buf: Any) -> None:
         """Give a buffer back."""
         with self._cond:
-            self._free.append((key, buf))
+            if self._made > self.size:
+                self._made -= 1  # the ring was made smaller: this buffer goes
+            else:
+                self._free.append((key, buf))
+            self._cond.notify_all()
+
+    def resize(self, size: int) -> None:
+        """Hold up to `size` buffers from now on; free ones beyond it go at once, the others when released."""
+        with self._cond:
+            self.size = max(1, size)
+            while self._made > self.size and self._free:
+                self._free.popleft()
+                self._made -= 1
             self._cond.notify_all()
 
     def abort(self) -> None:

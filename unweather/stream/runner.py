@@ -15,7 +15,7 @@ from unweather.errors import UnweatherError
 from unweather.fileio import write_text_atomic
 from unweather.media import VIDEO_OUTPUTS, is_image_file, is_url, url_scheme, video_output_extension
 from unweather.redact import redact
-from unweather.stream.config import RunConfig
+from unweather.stream.config import RunConfig, WarmUp
 from unweather.stream.sinks import ImageSink, Sink, VideoSink
 from unweather.stream.sources import ImageSource, Source, is_device, open_source
 from unweather.stream.stats import RunStats
@@ -29,24 +29,52 @@ logger = logging.getLogger(__name__)
 _OUTPUT_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "srt")
 
 
-def model_name(config: RunConfig) -> str:
-    """The model `config` names, or the package's default for its device when it names none."""
+def is_video_input(spec: str) -> bool:
+    """Whether `spec` is a video or a stream (a video file, URL or capture device), not images."""
+    if is_url(spec) or is_device(spec):
+        return True
+    return not (is_image_file(spec) or os.path.isdir(spec))
+
+
+def model_name(config: RunConfig, video: bool = False) -> str:
+    """The model `config` names, or the package's default for the input (`video`: a video or a stream)
+    and the device when it names none (see `unweather.engine.default_model`)."""
     if config.model is not None:
         return config.model
     import unweather.engine as engines
 
     default = getattr(engines, "default_model", None)
-    return default(config.device) if default is not None else "identity"
+    return default(config.device, video=video) if default is not None else "identity"
 
 
-def check_engine_request(config: RunConfig) -> None:
+def temporal_refusal(config: RunConfig, video: bool) -> str | None:
+    """Why `config.temporal` cannot apply to the model the run uses (a video model), or None.
+
+    Only what can be told without opening the model; `Pipeline` refuses the rest once the engine is open.
+    """
+    if not config.temporal:
+        return None
+    from unweather.engine.sources import is_video_model
+    from unweather.stream.temporal import video_model_refusal
+
+    model = model_name(config, video)
+    return video_model_refusal(model, default=config.model is None) if is_video_model(model) else None
+
+
+def check_engine_request(config: RunConfig, video: bool = False) -> None:
     """Refuse at once, before any file is opened, what opening the engine would refuse later.
 
+    Args:
+        config: the run's settings.
+        video: the input is a video or a stream (it decides the default model).
+
     Raises:
-        UnweatherError: an unknown model or file, an unknown device, or a GPU device without CUDA.
+        UnweatherError: an unknown model or file, an unknown device, a GPU device without CUDA, bf16
+            on a CPU without native bf16 (without `allow_slow_precision`), or `temporal` with a video model.
     """
     import torch
 
+    device = None
     if config.device:
         try:
             device = torch.device(config.device)
@@ -54,17 +82,28 @@ def check_engine_request(config: RunConfig) -> None:
             raise UnweatherError(f"unsupported device {config.device!r}; use cpu, cuda or cuda:N.") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise UnweatherError(f"device {config.device} was asked for, but torch sees no CUDA GPU.")
+    if config.precision and not config.allow_slow_precision:
+        from unweather.engine.loader import slow_precision_refusal
+
+        on = device.type if device is not None else "cuda" if torch.cuda.is_available() else "cpu"
+        if refusal := slow_precision_refusal(config.precision, on):
+            raise UnweatherError(refusal)
     if config.model is not None:
         from unweather.engine.sources import resolve
 
         resolve(config.model)
+    if refusal := temporal_refusal(config, video):
+        raise UnweatherError(refusal)
 
 
-def open_engine(config: RunConfig) -> Engine:
-    """The engine `config` asks for, via `unweather.engine.open`; logs which model it uses."""
+def open_engine(config: RunConfig, video: bool = False) -> Engine:
+    """The engine `config` asks for, via `unweather.engine.open`; logs which model it uses.
+
+    `video`: the input is a video or a stream, so the default model is the video student when it is shipped.
+    """
     import unweather.engine as engines
 
-    model = model_name(config)
+    model = model_name(config, video)
     params = inspect.signature(engines.open).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     kwargs: dict[str, Any] = {}
@@ -78,6 +117,8 @@ def open_engine(config: RunConfig) -> Engine:
         if "trusted" not in params and not takes_any:
             raise UnweatherError("this engine cannot load untrusted checkpoints.")
         kwargs["trusted"] = True
+    if config.allow_slow_precision:
+        kwargs["allow_slow_precision"] = True
     if config.tile:
         kwargs.update(tile=config.tile, tile_overlap=config.tile_overlap)
     engine = engines.open(model, **kwargs)
@@ -196,7 +237,7 @@ def write_stats(stats: RunStats, path: str) -> None:
 
 def run(input: str, output: str | None = None, config: RunConfig | None = None,
         engine: Engine | EngineClient | None = None,
-        stop_event: threading.Event | None = None) -> RunStats:
+        stop_event: threading.Event | None = None, warmup: WarmUp | None = None) -> RunStats:
     """Restore `input` into `output` and return the run's statistics.
 
     Args:
@@ -208,6 +249,8 @@ def run(input: str, output: str | None = None, config: RunConfig | None = None,
             `config` asks for, and closes it at the end.
         stop_event: set it from any thread to stop reading; frames already read are finished and the
             output is closed, playable.
+        warmup: leading frames of the input that only warm a video network's state (an archive chunk's
+            lead-in); they are restored and not written.
 
     Raises:
         UnweatherError: bad input, unwritable output, or a failure while running (the output then
@@ -217,15 +260,16 @@ def run(input: str, output: str | None = None, config: RunConfig | None = None,
 
     config = config or RunConfig()
     config.validate()
+    spec = os.fspath(input)
+    video = is_video_input(spec)
     # Everything that can be refused without work is refused before anything is created or announced.
     if engine is None:
-        check_engine_request(config)
+        check_engine_request(config, video)
     mask = None
     if config.mask:
         from unweather.stream.mask import load_mask
 
         mask = load_mask(config.mask)
-    spec = os.fspath(input)
     live = is_live(spec, config)
     announce = output is None
     output = os.fspath(default_output(spec, live) if output is None else output)
@@ -242,11 +286,11 @@ def run(input: str, output: str | None = None, config: RunConfig | None = None,
         folders = make_output_folder(output)
         sink = open_sink(output, source, config, live, gpu=False)
         if engine is None:
-            engine = open_engine(config)
+            engine = open_engine(config, video)
         if isinstance(sink, VideoSink):
             sink.gpu = _engine_on_gpu(engine)
         pipeline = Pipeline(source, sink, engine, config, live, stop_event, mask=mask,
-                            announce=redact(output) if announce else None)
+                            announce=redact(output) if announce else None, warmup=warmup)
         logger.debug("%s -> %s: %s mode", redact(spec), redact(output), "live" if live else "offline")
         stats = pipeline.run()
     except BaseException:
@@ -265,7 +309,7 @@ def run(input: str, output: str | None = None, config: RunConfig | None = None,
     stats.input = redact(spec)
     stats.output = redact(output)
     stats.nodes, stats.workers = [here()[0]], [here()[1]]
-    stats.model = config.model or getattr(engine, "model", None) or model_name(config)
+    stats.model = config.model or getattr(engine, "model", None) or model_name(config, video)
     if config.stats_path:
         write_stats(stats, config.stats_path)
     if stats.error:

@@ -458,7 +458,7 @@ class ImageSource(Source):
         if os.path.isdir(path):
             names = sorted(os.listdir(path))
             files = [n for n in names if os.path.isfile(os.path.join(path, n)) and not n.startswith(".")]
-            images = [n for n in files if n.lower().endswith(IMAGE_SUFFIXES)]
+            images = [n for n in files if is_image_file(n)]
             others = [n for n in files if n not in images]
             if others:
                 shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")

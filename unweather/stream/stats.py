@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 STAGES = ("decode", "upload", "infer", "download", "encode")
+_DROP_CAUSES = {"startup": "while starting", "overload": "falling behind the source"}
 # Latency percentiles are taken over the most recent frames, so week-long runs keep memory flat.
 LATENCY_WINDOW = 100_000
 
@@ -49,6 +50,8 @@ class RunStats:
         mode: "live" or "offline".
         model, engine: the model used (the default's name when none was given) and the engine's description.
         frames_in: frames decoded; frames_out: frames written; dropped: frames dropped (live mode).
+        drops: `dropped` by cause: `startup` (more frames came while the run, or a reconnection, was
+            starting than it holds meanwhile) and `overload` (the machine fell behind the source).
         frames_expected: frames the input's container announces for what was asked to be read (None
             when unknown or not read to its end).
         input_truncated: the input ended well before `frames_expected` (a cut-short or damaged file).
@@ -59,6 +62,10 @@ class RunStats:
         latency_ms: end-to-end latency per frame (decode, or packet arrival when live, to written).
         queues: per queue: capacity, max and mean depth, frames dropped.
         reconnections: reconnections of a network source.
+        resets: a video network's state emptied, by cause: `cut` (a new scene), `reconnection`, `gap`
+            (3 or more frame intervals without a frame: dropped or missing frames) and `size`.
+        warmup_frames: frames restored only to warm a video network's state, not written (an archive
+            chunk's lead-in on Ray).
         width, height: input frame size; batch: frames per inference call.
         interrupted: the run was stopped before its input ended.
         error: the error that ended the run, if any.
@@ -74,6 +81,7 @@ class RunStats:
     frames_in: int = 0
     frames_out: int = 0
     dropped: int = 0
+    drops: dict[str, int] = field(default_factory=dict)
     frames_expected: int | None = None
     input_truncated: bool = False
     corrupt_packets: int = 0
@@ -83,6 +91,8 @@ class RunStats:
     latency_ms: dict[str, float | None] = field(default_factory=dict)
     queues: dict[str, dict[str, float]] = field(default_factory=dict)
     reconnections: int = 0
+    resets: dict[str, int] = field(default_factory=dict)
+    warmup_frames: int = 0
     width: int | None = None
     height: int | None = None
     batch: int = 1
@@ -103,12 +113,17 @@ class RunStats:
         head = (f"{self.frames_out} frames written ({self.frames_in} read, {self.dropped} dropped) in "
                 f"{self.elapsed_s:.2f} s: {self.fps:.1f} FPS, {self.mode} mode, {self.engine}")
         lines = [head]
+        if any(self.drops.values()):
+            lines.append("dropped: " + ", ".join(f"{n} {_DROP_CAUSES.get(cause, cause)}"
+                                                 for cause, n in self.drops.items() if n))
         if lat.get("p50") is not None:
             lines.append(f"latency p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms")
         busy = ", ".join(f"{k} {v:.2f} s" for k, v in self.stage_s.items())
         lines.append(f"stage time: {busy}")
         if self.reconnections:
             lines.append(f"source reconnected {self.reconnections} time(s)")
+        if self.resets:
+            lines.append("video state reset: " + ", ".join(f"{n} {cause}" for cause, n in sorted(self.resets.items())))
         lines += [f"warning: {w}" for w in self.warnings()]
         return "\n".join(lines)
 

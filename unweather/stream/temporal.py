@@ -53,3 +53,10 @@ class TemporalFilter:
     def reset(self) -> None:
         """Forget the previous frame (a new scene, or a reconnected camera)."""
         self.previous = None
+
+
+def video_model_refusal(model: str, default: bool) -> str:
+    """The one line that refuses `--temporal` with a video model (`default`: the model was not named)."""
+    which = f"the default model for videos and streams, {model!r}," if default else f"{model!r}"
+    return (f"--temporal smooths a frame model's output, and {which} is a video model that carries its own "
+            "history from frame to frame: drop --temporal, or choose a frame model (--model fast or quality).")

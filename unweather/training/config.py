@@ -55,6 +55,8 @@ class DataConfig:
     # With render_styles: what a camera adds (low light, sensor noise, JPEG) on ground truth and input alike,
     # clean pairs included.
     camera: bool = False
+    # With camera: the share of samples turned into night scenes lit by windows and lamps (clean and weather).
+    night: float = 0.0
     # Validation: at most this many pairs per weather, centre-cropped to `val_crop` (0: whole images).
     val_max_pairs: int = 16
     val_crop: int = 256
@@ -186,8 +188,8 @@ class TrainConfig:
 def _tiny() -> TrainConfig:
     cfg = TrainConfig(preset="tiny")
     cfg.model = ModelConfig(arch="student_small", teacher_arch="student_small")
-    cfg.data = DataConfig(crop=32, batch_per_weather=2, teacher_batch=2, clean_per_batch=1, cache="memory", val_max_pairs=2,
-                          val_crop=32, workers=0)
+    cfg.data = DataConfig(crop=32, batch_per_weather=2, teacher_batch=2, clean_per_batch=1, cache="memory",
+                          val_max_pairs=2, val_crop=32, workers=0)
     cfg.optim = OptimConfig(lr=1e-3)
     cfg.schedule = ScheduleConfig(teacher_steps=4, kc_steps=3, ke_steps=3, warmup_steps=1, val_every_steps=3)
     cfg.log = LogConfig(log_every=2, keep_best=2, progress=False)
@@ -348,6 +350,16 @@ def save(cfg: TrainConfig, run_dir: Path) -> None:
     data = cfg.to_dict()
     write_text_atomic(run_dir / "config.json", json.dumps(data, indent=2) + "\n")
     write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(data, sort_keys=False))
+
+
+def teacher_config(cfg: TrainConfig) -> TrainConfig:
+    """Return a copy of `cfg` whose `model.arch` and `model.options` are its teacher pair.
+
+    A resolved configuration records what was trained in `model.arch`, whichever role.
+    """
+    out = copy.deepcopy(cfg)
+    out.model.arch, out.model.options = out.model.teacher_arch, dict(out.model.teacher_options)
+    return out
 
 
 def steps_for(steps: int, epochs: float, steps_per_epoch: int) -> int:

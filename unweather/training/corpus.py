@@ -92,7 +92,8 @@ def prepare(corpus_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig = Pr
     """Write the meta directory for `corpus_dir` into `out_dir` (see the module docstring); return its record."""
     out = Path(out_dir)
     done = out / "prepare.json"
-    photos = load_corpus(corpus_dir)
+    # Whole clips (split "clips") are for the video benchmark, not for frames.
+    photos = [p for p in load_corpus(corpus_dir) if p["split"] != "clips"]
     key = json.loads(json.dumps({"format": FORMAT, "config": asdict(cfg),
                                  "photos": sorted((p.get("sha256", ""), _stem(p), p["split"]) for p in photos)}))
     if done.is_file():

@@ -183,7 +183,7 @@ def _render_styles(gt: np.ndarray, weather: str | None, rng: np.random.Generator
     if cfg.resynth_recolour:
         gt = _recolour(gt, rng)
     target, degraded = training_sample(gt.astype(np.float32) / 255.0, weather, rng, cfg.render_styles,
-                                       CameraConfig() if cfg.camera else None)
+                                       CameraConfig(night=cfg.night) if cfg.camera else None)
     return to_uint8(target), to_uint8(degraded)
 
 
@@ -354,11 +354,6 @@ def evenly_spread(items: Sequence, limit: int) -> list:
     if not limit or len(items) <= limit:
         return list(items)
     return [items[int(i * len(items) / limit)] for i in range(limit)]
-
-
-def dataset_files(meta_dir: str | Path, names: Sequence[str]) -> dict[str, str]:
-    """Return the meta JSON file name of each data set (for a checkpoint's metadata)."""
-    return {name: f"{name}_meta_train.json" for name in names}
 
 
 def parse_teacher_specs(specs: Sequence[str]) -> list[tuple[str | None, Path]]:

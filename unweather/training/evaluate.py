@@ -197,7 +197,8 @@ def report(results: dict[str, Scores], **context: Any) -> dict[str, Any]:
         "metrics": {
             "psnr": "dB, mean over images, outputs clamped to [0, 1]; *_rgb on RGB, *_y on BT.601 Y "
                     "(MATLAB rgb2ycbcr, 16-235); input_* score the degraded input itself",
-            "ssim": "11x11 Gaussian window, sigma 1.5 (kornia.metrics.ssim, valid region)",
+            "ssim": "11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, valid region (as scikit-image's "
+                    "structural_similarity with gaussian_weights)",
         },
         "datasets": {name: {k: _json_value(v) for k, v in asdict(s).items()} for name, s in results.items()},
     }

@@ -1,7 +1,7 @@
 """Losses of both stages: pixel L1 terms and the multi-contrastive regularisation (SCR, HCR).
 
-Each loss is a pure function with its inputs checked, plus a thin `nn.Module` where it holds a feature
-network. Nothing here places tensors on a device or downloads anything.
+Each loss is a pure function with its inputs checked; the tasks (`unweather.training.tasks`) hold the
+frozen feature network and the weights. Nothing here places tensors on a device or downloads anything.
 
 Contrastive term (METHOD.md), over feature levels l with weights w_l:
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from torch import nn
 
 EPS = 1e-7
 VGG_WEIGHTS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
@@ -76,18 +75,24 @@ def balanced_l1(prediction: torch.Tensor, target: torch.Tensor, inputs: torch.Te
     return total
 
 
+def _ratio(anchor: Sequence[torch.Tensor], positive: Sequence[torch.Tensor], negative: Sequence[torch.Tensor],
+           weights: Sequence[float], distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """sum_l w_l * L1(a_l, p_l) / (distance(a_l, n_l) + 1e-7), p_l and n_l detached."""
+    if not (len(anchor) == len(positive) == len(negative) == len(weights)):
+        raise ValueError("anchor, positive, negative features and weights need one entry per level")
+    total = anchor[0].new_zeros(())
+    for a, p, n, w in zip(anchor, positive, negative, weights, strict=True):
+        total = total + w * l1(a, p.detach()) / (distance(a, n.detach()) + EPS)
+    return total
+
+
 def contrastive(anchor: Sequence[torch.Tensor], positive: Sequence[torch.Tensor],
                 negative: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
     """Contrastive ratio on precomputed features, one negative per anchor (SCR's form).
 
         sum_l w_l * L1(a_l, p_l) / (L1(a_l, n_l) + 1e-7),  p_l and n_l detached.
     """
-    if not (len(anchor) == len(positive) == len(negative) == len(weights)):
-        raise ValueError("anchor, positive, negative features and weights need one entry per level")
-    total = anchor[0].new_zeros(())
-    for a, p, n, w in zip(anchor, positive, negative, weights, strict=True):
-        total = total + w * l1(a, p.detach()) / (l1(a, n.detach()) + EPS)
-    return total
+    return _ratio(anchor, positive, negative, weights, l1)
 
 
 def pairwise_l1(anchor: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
@@ -109,12 +114,7 @@ def contrastive_all_pairs(anchor: Sequence[torch.Tensor], positive: Sequence[tor
 
         sum_l w_l * L1(a_l, p_l) / (mean_{i,j} L1(a_l[i], n_l[j]) + 1e-7),  p_l and n_l detached.
     """
-    if not (len(anchor) == len(positive) == len(negatives) == len(weights)):
-        raise ValueError("anchor, positive, negative features and weights need one entry per level")
-    total = anchor[0].new_zeros(())
-    for a, p, n, w in zip(anchor, positive, negatives, weights, strict=True):
-        total = total + w * l1(a, p.detach()) / (pairwise_l1(a, n.detach()) + EPS)
-    return total
+    return _ratio(anchor, positive, negatives, weights, pairwise_l1)
 
 
 def scr(features: FeatureFn, output: torch.Tensor, positive: torch.Tensor, degraded: torch.Tensor,
@@ -154,27 +154,3 @@ def hcr(features: FeatureFn, output: torch.Tensor, target: torch.Tensor, degrade
     with torch.no_grad():
         fp, fn = features(target), features(degraded)
     return contrastive_all_pairs(features(output), fp, fn, weights)
-
-
-class SCRLoss(nn.Module):
-    """`scr` with its frozen feature network and level weights held as a module."""
-
-    def __init__(self, features: nn.Module, weights: Sequence[float]) -> None:
-        super().__init__()
-        self.features = features
-        self.weights = tuple(float(w) for w in weights)
-
-    def forward(self, output: torch.Tensor, positive: torch.Tensor, degraded: torch.Tensor) -> torch.Tensor:
-        return scr(self.features, output, positive, degraded, self.weights)
-
-
-class HCRLoss(nn.Module):
-    """`hcr` with its frozen feature network and level weights held as a module."""
-
-    def __init__(self, features: nn.Module, weights: Sequence[float]) -> None:
-        super().__init__()
-        self.features = features
-        self.weights = tuple(float(w) for w in weights)
-
-    def forward(self, output: torch.Tensor, target: torch.Tensor, degraded: torch.Tensor) -> torch.Tensor:
-        return hcr(self.features, output, target, degraded, self.weights)

@@ -4,10 +4,10 @@ Inputs are torch tensors (N, 3, H, W) or (3, H, W), or numpy arrays in image lay
 (N, H, W, 3), with values in [0, data_range]. Each metric is computed per image and averaged over
 the batch (or returned per image with `reduction="none"`).
 
-SSIM is kornia's (`kornia.metrics.ssim`): an 11x11 Gaussian window with sigma 1.5, constants
-K1 = 0.01 and K2 = 0.03, averaged over the valid region (no padding) and over channels. This is
-Wang et al.'s SSIM and scikit-image's `structural_similarity(gaussian_weights=True, sigma=1.5,
-use_sample_covariance=False)`.
+SSIM is Wang et al.'s: an 11x11 Gaussian window with sigma 1.5, constants K1 = 0.01 and K2 = 0.03,
+averaged over the valid region (no padding) and over channels; the same as scikit-image's
+`structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)` and
+`kornia.metrics.ssim(..., padding="valid")`.
 
 On Y, the image is converted as MATLAB's rgb2ycbcr does (Y in [16, 235] out of 255) and scaled
 back to [0, 1], the convention of the paper's release for its rain PSNR.
@@ -23,6 +23,10 @@ import torch
 # MATLAB rgb2ycbcr, BT.601 "studio swing": Y = 16 + 65.481 R + 128.553 G + 24.966 B, R, G, B in [0, 1].
 _Y_WEIGHTS = (65.481, 128.553, 24.966)
 _Y_OFFSET = 16.0
+# SSIM (Wang et al. 2004): Gaussian window, stabilising constants as fractions of the data range.
+_SSIM_WINDOW = 11
+_SSIM_SIGMA = 1.5
+_SSIM_K1, _SSIM_K2 = 0.01, 0.03
 
 
 def _as_nchw(x: Any) -> torch.Tensor:
@@ -94,9 +98,28 @@ def psnr(a: Any, b: Any, data_range: float = 1.0, y_channel: bool = False,
     return _reduce(values, reduction)
 
 
+def _gaussian_window(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The normalised 1-D Gaussian of `size` taps (odd) centred on the middle one."""
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return (g / g.sum()).to(dtype=dtype, device=device)
+
+
+def _filter_valid(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Each channel of (N, C, H, W) filtered by the separable window, valid region only (no padding)."""
+    c, k = x.shape[1], window.numel()
+    x = torch.nn.functional.conv2d(x, window.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
+    return torch.nn.functional.conv2d(x, window.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
+
+
 def ssim(a: Any, b: Any, data_range: float = 1.0, y_channel: bool = False,
          reduction: str = "mean") -> float | torch.Tensor:
     """Structural similarity with an 11x11 Gaussian window (sigma 1.5), per image, averaged.
+
+    SSIM = (2 mu_a mu_b + C1)(2 cov_ab + C2) / ((mu_a^2 + mu_b^2 + C1)(var_a + var_b + C2)), with local
+    means, variances and covariance weighted by the window, C1 = (0.01 L)^2 and C2 = (0.03 L)^2 for the
+    data range L (Wang et al., "Image quality assessment: from error visibility to structural similarity",
+    2004). The map covers the valid region and is averaged over it and over channels.
 
     Args:
         a: an image or batch (see the module docstring); at least 11x11 pixels.
@@ -108,17 +131,25 @@ def ssim(a: Any, b: Any, data_range: float = 1.0, y_channel: bool = False,
     Returns:
         SSIM, at most 1.
     """
-    from kornia.metrics import ssim as kornia_ssim
-
     ta, tb = _pair(a, b)
-    if min(ta.shape[-2:]) < 11:
-        raise ValueError(f"SSIM needs images of at least 11x11 pixels, got {tuple(ta.shape[-2:])}")
+    if min(ta.shape[-2:]) < _SSIM_WINDOW:
+        raise ValueError(f"SSIM needs images of at least {_SSIM_WINDOW}x{_SSIM_WINDOW} pixels, "
+                         f"got {tuple(ta.shape[-2:])}")
     if y_channel:
         ta, tb = rgb_to_y(ta, data_range), rgb_to_y(tb, data_range)
-    # float32 filtering: about 5x faster than float64 on a CPU, within 1e-5 of it
-    ssim_map = kornia_ssim(ta.float(), tb.float(), 11, max_val=float(data_range), eps=0.0, padding="valid")
-    ssim_map = ssim_map.double()
-    return _reduce(ssim_map.flatten(1).mean(dim=1), reduction)
+    # float32 (several times faster than float64 on a CPU), on values centred on the pair's channel means:
+    # variances and covariance do not change, and E[x^2] - E[x]^2 loses little to cancellation.
+    centre = ((ta + tb) / 2).mean(dim=(2, 3), keepdim=True)
+    xa, xb = (ta - centre).float(), (tb - centre).float()
+    window = _gaussian_window(_SSIM_WINDOW, _SSIM_SIGMA, xa.dtype, xa.device)
+    moments = _filter_valid(torch.cat([xa, xb, xa * xa, xb * xb, xa * xb], dim=1), window)
+    mu_a, mu_b, aa, bb, ab = moments.split(ta.shape[1], dim=1)
+    var_a, var_b, cov = aa - mu_a**2, bb - mu_b**2, ab - mu_a * mu_b
+    centre = centre.float()
+    mu_a, mu_b = mu_a + centre, mu_b + centre
+    c1, c2 = (_SSIM_K1 * data_range) ** 2, (_SSIM_K2 * data_range) ** 2
+    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return _reduce(ssim_map.flatten(1).double().mean(dim=1), reduction)
 
 
 def pattern_score(image: Any, period: int = 16) -> float:

@@ -2,7 +2,8 @@
 
 `unweather.training.synth` draws weather one way (falling particles drawn as anti-aliased lines and
 discs, haze from a layout depth map). A network trained on one renderer can learn its signature instead
-of the weather, so this module adds two more styles, written independently of it and of each other:
+of the weather, so this module adds two more styles, written independently of it and of each other
+(the noise style smears along the fall with synth's motion-blur kernel, `synth.line_kernel`):
 
 - `particles`: synth's renderer, with its parameter ranges narrowed per intensity, plus drops on the lens.
 - `noise`: the photo-editing recipe: sparse noise, blurred and smeared along the fall (rain) or grown
@@ -85,22 +86,6 @@ def _fractal(rng: np.random.Generator, h: int, w: int, octaves: int = 4) -> np.n
     return total / (total.std() + 1e-6)
 
 
-def _motion_kernel(length: float, angle_deg: float) -> np.ndarray:
-    """A normalised line kernel of `length` pixels, `angle_deg` from vertical (box-filtered, no AA lib)."""
-    n = max(3, int(math.ceil(length)) | 1)
-    kernel = np.zeros((n, n), np.float32)
-    c = (n - 1) / 2
-    a = math.radians(angle_deg)
-    for s in np.linspace(-(length - 1) / 2, (length - 1) / 2, max(2, int(length * 3))):
-        x, y = c + s * math.sin(a), c + s * math.cos(a)
-        x0, y0 = int(math.floor(x)), int(math.floor(y))
-        fx, fy = x - x0, y - y0
-        for dx, dy, wgt in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
-            if 0 <= x0 + dx < n and 0 <= y0 + dy < n:
-                kernel[y0 + dy, x0 + dx] += wgt
-    return kernel / max(float(kernel.sum()), 1e-6)
-
-
 # --------------------------------------------------------------------------------------------
 # Style "particles": synth's renderer, per intensity, plus drops on the lens
 
@@ -181,7 +166,7 @@ def _noise_rain(img: np.ndarray, rng: np.random.Generator, amount: float) -> np.
         seeds = (rng.random((h, w)) < density).astype(np.float32) * rng.random((h, w)).astype(np.float32)
         seeds = cv2.GaussianBlur(seeds, (0, 0), _lerp(0.5, 1.2, rng.random()) * depth + 0.3)
         length = short * rng.uniform(0.05, 0.2) * depth + 3
-        streaks = cv2.filter2D(seeds, -1, _motion_kernel(length, angle), borderType=cv2.BORDER_REFLECT)
+        streaks = cv2.filter2D(seeds, -1, synth.line_kernel(length, angle), borderType=cv2.BORDER_REFLECT)
         peak = np.percentile(streaks, 99.9) + 1e-6
         streaks = np.clip(streaks / peak, 0, 1) ** rng.uniform(0.8, 1.5)
         strength = _lerp(0.25, 0.8, amount) * depth * rng.uniform(0.7, 1.0)
@@ -206,7 +191,7 @@ def _noise_snow(img: np.ndarray, rng: np.random.Generator, amount: float) -> np.
         flakes = np.clip(flakes / (flakes.max() + 1e-6) * rng.uniform(1.5, 3.0), 0, 1)
         smear = rng.uniform(0, 0.04) * short * (0.6**layer)
         if smear >= 2:
-            flakes = cv2.filter2D(flakes, -1, _motion_kernel(smear, angle), borderType=cv2.BORDER_REFLECT)
+            flakes = cv2.filter2D(flakes, -1, synth.line_kernel(smear, angle), borderType=cv2.BORDER_REFLECT)
             flakes = np.clip(flakes * min(smear / 2, 3), 0, 1)
         flakes = flakes * _lerp(0.5, 1.0, amount) * (0.85**layer)
         out = np.maximum(out, flakes[..., None] * rng.uniform(0.85, 1.0)) * 0.5 + \
@@ -385,6 +370,7 @@ class CameraConfig:
 
     Attributes:
         low_light: probability of an underexposed frame (gamma and exposure, before the weather).
+        night: probability of a night scene lit by windows and lamps (`night_lights`, before the weather).
         noise: probability of sensor noise (the same noise on ground truth and input).
         noise_sigma: range of the noise's standard deviation in 8-bit levels.
         jpeg: probability of JPEG compression (ground truth and input alike).
@@ -392,6 +378,7 @@ class CameraConfig:
     """
 
     low_light: float = 0.12
+    night: float = 0.0
     noise: float = 0.3
     noise_sigma: tuple[float, float] = (0.5, 4.0)
     jpeg: float = 0.3
@@ -401,6 +388,35 @@ class CameraConfig:
 def low_light(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """An underexposed version of a scene (night, dusk, a dark interior)."""
     return (np.clip(img, 0, 1) ** rng.uniform(1.0, 1.8) * rng.uniform(0.15, 0.5)).astype(np.float32)
+
+
+def night_lights(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The scene at night with lit windows and lamps: many small, bright, sharp lights that are not weather.
+
+    Façades get grids of windows lit at random in warm or cool tones; lamps are bright discs with a glow.
+    Without such scenes a network takes a night city's lights for snow or rain and darkens them.
+    """
+    h, w = img.shape[:2]
+    dark = (np.clip(img, 0, 1) ** rng.uniform(1.2, 2.0) * rng.uniform(0.08, 0.35)).astype(np.float32)
+    lights = np.zeros_like(dark)
+    tones = np.float32([[1.0, 0.85, 0.6], [0.75, 0.9, 1.0], [0.7, 1.0, 0.85], [1.0, 1.0, 0.95]])
+    for _ in range(int(rng.integers(1, 5))):
+        bw, bh = int(rng.uniform(0.1, 0.5) * w), int(rng.uniform(0.2, 0.9) * h)
+        x0, y0 = int(rng.integers(0, max(1, w - bw))), int(rng.integers(0, max(1, h - bh)))
+        win_w, win_h = int(rng.integers(1, 7)), int(rng.integers(1, 9))
+        gap_x, gap_y = win_w + int(rng.integers(1, 8)), win_h + int(rng.integers(1, 8))
+        lit, tone = rng.uniform(0.2, 0.9), tones[int(rng.integers(len(tones)))]
+        for y in range(y0, y0 + bh - win_h, gap_y):
+            for x in range(x0, x0 + bw - win_w, gap_x):
+                if rng.random() < lit:
+                    lights[y:y + win_h, x:x + win_w] = tone * rng.uniform(0.5, 1.0)
+    lamps = np.zeros_like(dark)
+    for _ in range(int(rng.integers(0, 12))):
+        centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        tone = tones[int(rng.integers(len(tones)))] * rng.uniform(0.7, 1.0)
+        cv2.circle(lamps, centre, int(rng.integers(1, 5)), tuple(float(c) for c in tone), -1, cv2.LINE_AA)
+    glow = cv2.GaussianBlur(lamps, (0, 0), rng.uniform(3.0, 10.0)) * rng.uniform(0.5, 2.0)
+    return np.clip(np.maximum(dark, lights) + lamps + glow, 0, 1).astype(np.float32)
 
 
 def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
@@ -438,7 +454,9 @@ def training_sample(clean: np.ndarray, weather: str | None, rng: np.random.Gener
     A clean sample (`weather` None) goes through the camera too, so clean frames cover night, noise and
     compression like the weather ones. Intensities are drawn over the whole range, light included.
     """
-    if cam is not None and rng.random() < cam.low_light:
+    if cam is not None and cam.night > 0 and rng.random() < cam.night:
+        clean = night_lights(clean, rng)
+    elif cam is not None and rng.random() < cam.low_light:
         clean = low_light(clean, rng)
     degraded = clean if weather is None else render(clean, weather, rng, str(rng.choice(list(styles))))
     if cam is not None:

@@ -318,8 +318,8 @@ class ParticleField:
             layer.xy[:, 1] = (layer.xy[:, 1] + m) % (self.h + 2 * m) - m
 
 
-def _line_kernel(length: float, angle_deg: float) -> np.ndarray:
-    """A normalised anti-aliased line of `length` pixels at `angle_deg` from vertical."""
+def line_kernel(length: float, angle_deg: float) -> np.ndarray:
+    """A motion-blur kernel: a normalised anti-aliased line of `length` pixels at `angle_deg` from vertical."""
     k = math.ceil(length) | 1
     kernel = np.zeros((k, k), np.uint8)
     c = (k - 1) / 2
@@ -349,7 +349,7 @@ def _render_layer(layer: ParticleLayer, h: int, w: int) -> np.ndarray:
     alpha = canvas.astype(np.float32) * (1.0 / 255.0)
     if layer.kind == "flake" and layer.motion >= 1.5:
         angle = math.degrees(math.atan2(dx, dy))
-        alpha = cv2.filter2D(alpha, -1, _line_kernel(layer.motion, angle), borderType=cv2.BORDER_CONSTANT)
+        alpha = cv2.filter2D(alpha, -1, line_kernel(layer.motion, angle), borderType=cv2.BORDER_CONSTANT)
         # a flake smeared over its path keeps its opacity where it stays longest, not 1/length of it
         alpha = np.minimum(alpha * min(layer.motion / 2.0, 3.0), 1.0)
     if layer.blur >= 0.2:

@@ -1,0 +1,159 @@
+"""The video student, its state alignment and its clips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unweather import motion
+from unweather.models import build, load_checkpoint, save
+from unweather.models.video import VideoStudent
+from unweather.training import video as V
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _texture(h: int, w: int, seed: int = 0) -> np.ndarray:
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    return cv2.GaussianBlur(rng.random((h, w, 3)).astype(np.float32), (0, 0), 2.0)
+
+
+@pytest.mark.parametrize("dx,dy", [(5.0, 2.0), (1.5, 0.5), (0.7, -3.3), (0.0, 0.0)])
+def test_global_motion_is_found_to_a_tenth_of_a_pixel(dx, dy):
+    import cv2
+
+    big = _texture(400, 700)
+    m = np.float32([[1, 0, dx], [0, 1, dy]])
+    moved = cv2.warpAffine(big, m, (700, 400), flags=cv2.INTER_CUBIC)
+    a, b = big[20:380, 20:660], moved[20:380, 20:660]
+    est = motion.estimate(motion.reduced_grey(a), motion.reduced_grey(b), 640)
+    assert abs(est.dx - dx) < 0.1 and abs(est.dy - dy) < 0.1
+    assert not est.is_cut()
+
+
+def test_warped_state_lines_up_with_the_moved_scene():
+    import cv2
+
+    big = _texture(400, 700, seed=1)
+    m = np.float32([[1, 0, 3.0], [0, 1, -2.0]])
+    moved = cv2.warpAffine(big, m, (700, 400), flags=cv2.INTER_CUBIC)
+    a, b = big[20:380, 20:660], moved[20:380, 20:660]
+    bg = torch.from_numpy(a).permute(2, 0, 1)[None]
+    weight = torch.ones(1, 1, 360, 640)
+    new_bg, new_weight = motion.warp_state(bg, weight, 3.0, -2.0)
+    target = torch.from_numpy(b).permute(2, 0, 1)[None]
+    inner = (..., slice(8, -8), slice(8, -8))
+    assert (new_bg - target)[inner].abs().mean() < 0.1 * (bg - target)[inner].abs().mean()
+    # What came into view has no history: the left columns and the bottom rows.
+    assert float(new_weight[..., :, :2].max()) < 0.5 and float(new_weight[..., -1:, :].max()) < 0.5
+    assert float(new_weight[inner].min()) > 0.99
+
+
+def test_a_cut_from_day_to_night_is_a_cut_and_a_still_scene_is_not():
+    a, b = _texture(360, 640, seed=2), 0.15 * _texture(360, 640, seed=3)
+    cut = motion.estimate(motion.reduced_grey(a), motion.reduced_grey(b), 640)
+    same = motion.estimate(motion.reduced_grey(a), motion.reduced_grey(a), 640)
+    assert cut.change > same.change
+    assert cut.is_cut() and not same.is_cut()
+
+
+def test_video_student_with_no_history_is_its_frame_estimate_and_keeps_state_shapes():
+    model = build("video_small").eval()
+    x = torch.rand(2, 3, 32, 48)
+    bg, weight = VideoStudent.initial_state(x)
+    with torch.no_grad():
+        y, bg2, w2 = model(x, bg, weight)
+        f = model.frame(x)
+    assert y.shape == x.shape and bg2.shape == x.shape and w2.shape == (2, 1, 32, 48)
+    # With no history the output lies between the frame student's output and the input.
+    lo, hi = torch.minimum(f, x) - 1e-5, torch.maximum(f, x) + 1e-5
+    assert bool(((y >= lo) & (y <= hi)).all())
+    assert float(w2.min()) > 0 and float(w2.max()) <= model.fusion.config.max_weight
+
+
+def test_history_of_a_still_scene_pulls_the_output_towards_it():
+    model = build("video_small").eval()
+    clean = torch.rand(1, 3, 32, 32)
+    noisy = (clean + 0.3 * torch.randn_like(clean)).clamp(0, 1)
+    bg, weight = clean.clone(), torch.full((1, 1, 32, 32), 8.0)
+    with torch.no_grad():
+        with_history, _, _ = model(noisy, bg, weight)
+        without, _, _ = model(noisy, *VideoStudent.initial_state(noisy))
+    assert (with_history - clean).abs().mean() < 0.5 * (without - clean).abs().mean()
+
+
+def test_video_checkpoint_round_trip(tmp_path):
+    model = build("video_small", frame_options={"upsample": "bilinear"}).eval()
+    path = tmp_path / "v.safetensors"
+    save(model, path)
+    loaded = load_checkpoint(path)
+    assert isinstance(loaded, VideoStudent) and loaded.frame.config.upsample == "bilinear"
+    x = torch.rand(1, 3, 32, 32)
+    state = VideoStudent.initial_state(x)
+    with torch.no_grad():
+        for a, b in zip(model(x, *state), loaded(x, *state)):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", V.MOTIONS)
+def test_clips_follow_their_camera_path(kind):
+    rng = np.random.default_rng(0)
+    photo = (_texture(200, 300, seed=4) * 255).astype(np.uint8)
+    spec = V.ClipSpec(kind, "snow", "particles", "medium", 2.0 if kind == "pan" else 0.02)
+    gt = V.clean_clip(photo, spec, 5, (64, 96), rng)
+    x = V.weather_clip(gt, spec, rng)
+    assert gt.shape == x.shape == (5, 64, 96, 3)
+    step = np.abs(gt[1:] - gt[:-1]).mean()
+    if kind == "still":
+        assert step == 0.0
+    else:
+        assert step > 0.0
+    # Snow is new in every frame: the inputs differ from each other where the clean frames do not.
+    assert np.abs(x[1:] - x[:-1]).mean() > step
+
+
+def test_a_short_training_run_resumes_and_writes_a_loadable_network(tmp_path):
+    import cv2
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(photos / f"p{i}.png"), (_texture(96, 128, seed=10 + i) * 255).astype(np.uint8))
+    frame = build("student_small")
+    init = tmp_path / "frame.safetensors"
+    save(frame, init)
+    cfg = V.VideoTrainConfig(images=[str(photos)], init=str(init), run_dir=str(tmp_path / "run"),
+                             out=str(tmp_path / "video.safetensors"), steps=4, batch=1, frames=3, crop=32,
+                             save_every=2, val_images=str(photos), val_every=2)
+    V.train_video(cfg, log=lambda *_: None)
+    assert (tmp_path / "run" / "best.safetensors").is_file()
+    net = load_checkpoint(cfg.out)
+    assert isinstance(net, VideoStudent)
+    # The frame student stayed frozen.
+    for key, value in frame.state_dict().items():
+        assert torch.equal(net.frame.state_dict()[key], value)
+    longer = V.VideoTrainConfig(**{**cfg.__dict__, "steps": 6})
+    with pytest.raises(Exception, match="steps"):
+        V.train_video(longer, resume=True, log=lambda *_: None)
+    lines: list[str] = []
+    V.train_video(cfg, resume=True, log=lines.append)
+    assert any("resumed" in line and "step 4" in line for line in lines)
+
+
+def test_every_parameter_of_the_fusion_gets_a_gradient():
+    model = build("video_small")
+    x = torch.rand(2, 3, 32, 32)
+    bg, weight = torch.rand(2, 3, 32, 32), torch.full((2, 1, 32, 32), 4.0)
+    y, new_bg, new_weight = model(x, bg, weight)
+    ((y - x.flip(-1)).abs().mean() + new_weight.mean() * 1e-3).backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead, f"parameters without gradient: {dead}"
