@@ -106,8 +106,9 @@ def test_haze_head_starts_neutral_and_inverts_the_scattering_model():
         torch.testing.assert_close(model.haze(hazy, g, features), scene, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name,options", [(n, {}) for n in STUDENTS]
-                         + [("student_small", {"haze_head": True}), ("student_small", GRID_FREE)])
+# The two layouts cover every operator: shuffle up-sampling, and the shipped grid-free one with the gated haze
+# head (student_base is the same operators, deeper; each trace takes 10-20 s).
+@pytest.mark.parametrize("name,options", [("student_small", {}), ("student_small", GRID_FREE)])
 def test_onnx_export_uses_only_native_operators(name, options):
     pytest.importorskip("onnx")
     from unweather.engine.export import trace_graph

@@ -180,11 +180,6 @@ class FrameQueue:
             self._cond.notify_all()
             return item
 
-    def peek_is_eos(self) -> bool:
-        """Whether the next item is the end-of-stream marker."""
-        with self._cond:
-            return bool(self._items) and self._items[0] is EOS
-
     def abort(self) -> list[Any]:
         """Wake every waiter with `Aborted`; return the items still waiting (to release them)."""
         with self._cond:
@@ -193,11 +188,6 @@ class FrameQueue:
             self._items.clear()
             self._cond.notify_all()
         return items
-
-    @property
-    def aborted(self) -> bool:
-        """Whether `abort` was called."""
-        return self._aborted
 
 
 class BufferRing:
