@@ -48,13 +48,14 @@ def _restore(net: torch.nn.Module, image: np.ndarray) -> np.ndarray:
 
 
 def _save(path: Path, panels: list[np.ndarray]) -> None:
+    """Write `panels` side by side, 4 white pixels apart: PNG, or JPEG (quality 88) for a .jpg path."""
     gap = np.full((panels[0].shape[0], 4, 3), 255, np.uint8)
     row = [panels[0]]
     for panel in panels[1:]:
         row += [gap, panel]
     path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(row, axis=1), cv2.COLOR_RGB2BGR),
-                [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    params = [cv2.IMWRITE_JPEG_QUALITY, 88] if path.suffix == ".jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 9]
+    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(row, axis=1), cv2.COLOR_RGB2BGR), params)
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
@@ -108,17 +109,6 @@ def main() -> int:
     return 0
 
 
-def _jpeg(path: Path, panels: list[np.ndarray]) -> None:
-    gap = np.full((panels[0].shape[0], 4, 3), 255, np.uint8)
-    row = [panels[0]]
-    for panel in panels[1:]:
-        row += [gap, panel]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(row, axis=1), cv2.COLOR_RGB2BGR),
-                [cv2.IMWRITE_JPEG_QUALITY, 88])
-    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
-
-
 def corpus_images(args: argparse.Namespace) -> int:
     """The held-out scenes of a prepared corpus at each intensity, a clean night frame, the real weather photos."""
     from unweather.media import read_rgb
@@ -159,17 +149,17 @@ def corpus_images(args: argparse.Namespace) -> int:
                                       for p in r], 1)[:, :width] for r in rows]
             gap = np.full((4, width, 3), 255, np.uint8)
             stacked = np.concatenate([s for strip in strips for s in (strip, gap)][:-1])
-            _jpeg(args.out / f"corpus_{weather}.jpg", [stacked])
+            _save(args.out / f"corpus_{weather}.jpg", [stacked])
         night = next((p for p in pairs if p["weather"] == "clean" and "night" in p["tags"]), None)
         if night is not None:
             frame = read_rgb(args.corpus / night["gt"])
-            _jpeg(args.out / "corpus_clean_night.jpg", row(frame, frame, "clean night"))
+            _save(args.out / "corpus_clean_night.jpg", row(frame, frame, "clean night"))
     if args.look:
         from unweather.media import IMAGE_SUFFIXES
 
         for photo in sorted(p for p in args.look.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
             name = photo.stem.split("__")[-1].split("_")[-1].lower()
-            _jpeg(args.out / f"look_{name}.jpg", row(read_rgb(photo), None, "input (real)"))
+            _save(args.out / f"look_{name}.jpg", row(read_rgb(photo), None, "input (real)"))
     return 0
 
 

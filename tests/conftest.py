@@ -54,3 +54,13 @@ def meta_dir(tmp_path_factory) -> Path:
         photos.append(path)
     synthesize(photos, root / "data", crops=2, size=32, seed=0, valid_fraction=0.34, clean_pairs=1)
     return root / "data"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module: tiny tensors gain nothing from threads, and on a busy machine
+    spinning threads cost a lot."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

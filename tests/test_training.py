@@ -19,13 +19,7 @@ from unweather.training.trainer import Stage, Trainer, lr_factor, param_groups
 WEATHERS = ["haze", "rain", "snow"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors gain nothing from threads, and on a busy machine spinning threads cost a lot.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_cfg() -> config_mod.TrainConfig:

@@ -19,13 +19,7 @@ TEACHER_OPTIONS = {"widths": [4, 8, 8, 8], "context_channels": 4}
 STUDENT_OPTIONS = {"widths": [4, 4, 8, 8], "context_channels": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors gain nothing from threads, and on a busy machine spinning threads cost a lot.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(meta_dir: Path, options: dict, teacher: bool = False) -> config_mod.TrainConfig:

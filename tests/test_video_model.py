@@ -11,13 +11,7 @@ from unweather.models import build, load_checkpoint, save
 from unweather.models.video import VideoStudent
 from unweather.training import video as V
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _texture(h: int, w: int, seed: int = 0) -> np.ndarray:
