@@ -54,15 +54,14 @@ class VideoSession:
         grey = motion.reduced_grey(frame[0].permute(1, 2, 0).float().cpu().numpy())
         if self.state is not None and self.state[0].shape[-2:] != frame.shape[-2:]:
             self.reset("size")
-        if self.state is None:
-            self.state = (frame.new_zeros(1, 3, *frame.shape[-2:]), frame.new_zeros(1, 1, *frame.shape[-2:]))
-        elif self._prev_grey is not None:
+        if self.state is not None and self._prev_grey is not None:
             moved = motion.estimate(self._prev_grey, grey, frame.shape[-1])
             if moved.is_cut(self.cut_threshold):
                 self.reset("cut")
-                self.state = (frame.new_zeros(1, 3, *frame.shape[-2:]), frame.new_zeros(1, 1, *frame.shape[-2:]))
             else:
                 self.state = motion.warp_state(*self.state, moved.dx, moved.dy)
+        if self.state is None:
+            self.state = (frame.new_zeros(1, 3, *frame.shape[-2:]), frame.new_zeros(1, 1, *frame.shape[-2:]))
         self._prev_grey = grey
         out, self.state = self.engine.step(frame, self.state)
         return out
