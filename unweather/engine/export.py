@@ -397,14 +397,17 @@ def _set_metadata(path: Path, entries: dict[str, str]) -> None:
     import onnx
 
     model = onnx.load(str(path))
-    props = {p.key: p.value for p in model.metadata_props}
-    props.update(entries)
-    del model.metadata_props[:]
-    for key, value in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    _replace_metadata(model, {**{p.key: p.value for p in model.metadata_props}, **entries})
     onnx.save(model, str(path))
     _check(path)
+
+
+def _replace_metadata(model: object, entries: dict[str, str]) -> None:
+    """Make `entries` the metadata of the ONNX `model` (in memory)."""
+    del model.metadata_props[:]
+    for key, value in entries.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
 
 
 def _check(path: Path) -> None:
@@ -507,10 +510,7 @@ def _trace(base: nn.Module, module: nn.Module, path: Path, config: ExportConfig,
         "unweather.keep_fp32": json.dumps(kept),
         "unweather.torch": torch.__version__,
     }
-    del model.metadata_props[:]
-    for key, value in metadata.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    _replace_metadata(model, metadata)
     onnx.save(model, str(path))
     _check(path)
     return model
