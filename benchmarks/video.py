@@ -144,12 +144,13 @@ def score(out: np.ndarray, clean: np.ndarray, start: int = WARMUP, stop: int | N
 
 def real_clip(path: Path, limit: int) -> np.ndarray:
     """The first `limit` frames of a video file, scaled to 640 wide, float RGB."""
-    import av
     import cv2
 
+    from unweather.media import open_video
+
     out = []
-    with av.open(str(path)) as container:
-        for frame in container.decode(video=0):
+    with open_video(path) as (container, stream):
+        for frame in container.decode(stream):
             img = frame.to_ndarray(format="rgb24")
             h, w = img.shape[:2]
             img = cv2.resize(img, (640, round(h * 640 / w / 2) * 2), interpolation=cv2.INTER_AREA)

@@ -190,32 +190,33 @@ fast_night() {
 # every frame, validated on clips of the validation photos.
 VIDEO_FRAME=${VIDEO_FRAME:-unweather/weights/fast.safetensors}
 VIDEO_STEPS=${VIDEO_STEPS:-1500}
-video_corpus() {
-    local name=video_corpus out="$MODELS/video_corpus.safetensors" dir="$RUNS/video_corpus" resume=()
+video_memory() {
+    local name=video_memory out="$MODELS/video_memory.safetensors" dir="$RUNS/video_memory" resume=()
     [[ -f $CORPUS_META/prepare.json ]] || corpus_data
     if [[ -f "$out" ]]; then echo "[$(date -u +%H:%M:%S)] $name: done ($out)"; return 0; fi
     [[ -f "$dir/last_state.pt" ]] && resume=(--resume)
     mkdir -p "$dir"
     echo "[$(date -u +%H:%M:%S)] $name: start ${resume[*]}"
+    # 8 frames per clip: the input memory needs a few frames to show what stays.
     python3 -m unweather.cli train video --images "$CORPUS_META/train/images" --val-images "$CORPUS_META/valid/clean" \
-        --init "$VIDEO_FRAME" -o "$out" --run-dir "$dir" --steps "$VIDEO_STEPS" --crop 96 --frames 6 --batch 4 \
+        --init "$VIDEO_FRAME" -o "$out" --run-dir "$dir" --steps "$VIDEO_STEPS" --crop 96 --frames 8 --batch 4 \
         --threads 1 "${resume[@]}" >>"$dir/train.log" 2>&1
     echo "[$(date -u +%H:%M:%S)] $name: finished"
 }
-# When `fast` changes after video_corpus: its fusion refitted over the new frame network (VIDEO_REFIT_FRAME).
-VIDEO_REFIT_FRAME=${VIDEO_REFIT_FRAME:-unweather/weights/fast.safetensors}
-VIDEO_REFIT_STEPS=${VIDEO_REFIT_STEPS:-300}
-video_refit() {
-    local name=video_refit out="$MODELS/video_refit.safetensors" dir="$RUNS/video_refit" resume=()
-    [[ -f "$MODELS/video_corpus.safetensors" ]] || video_corpus
+# video_memory continued on longer clips (12 frames), more of them clean, a stronger consistency term:
+# flicker on still cameras and clean pans are what it is for.
+VIDEO_LONG_STEPS=${VIDEO_LONG_STEPS:-600}
+video_long() {
+    local name=video_long out="$MODELS/video_long.safetensors" dir="$RUNS/video_long" resume=()
+    [[ -f "$MODELS/video_memory.safetensors" ]] || video_memory
     if [[ -f "$out" ]]; then echo "[$(date -u +%H:%M:%S)] $name: done ($out)"; return 0; fi
     [[ -f "$dir/last_state.pt" ]] && resume=(--resume)
     mkdir -p "$dir"
     echo "[$(date -u +%H:%M:%S)] $name: start ${resume[*]}"
     python3 -m unweather.cli train video --images "$CORPUS_META/train/images" --val-images "$CORPUS_META/valid/clean" \
-        --init "$MODELS/video_corpus.safetensors" --frame "$VIDEO_REFIT_FRAME" -o "$out" --run-dir "$dir" \
-        --steps "$VIDEO_REFIT_STEPS" --lr 3e-4 --crop 96 --frames 6 --batch 4 --threads 1 "${resume[@]}" \
-        >>"$dir/train.log" 2>&1
+        --init "$MODELS/video_memory.safetensors" -o "$out" --run-dir "$dir" --steps "$VIDEO_LONG_STEPS" \
+        --lr 3e-4 --crop 96 --frames 12 --batch 4 --clean-share 0.3 --consistency 1.0 --val-every 150 \
+        --threads 1 "${resume[@]}" >>"$dir/train.log" 2>&1
     echo "[$(date -u +%H:%M:%S)] $name: finished"
 }
 corpus_lanes() {

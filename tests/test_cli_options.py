@@ -301,6 +301,8 @@ TABLE: dict[tuple[str, str], list[Effect | Refused]] = {
     ("train video", "--frames"): [E("--frames", "3", mode="train video")],
     ("train video", "--crop"): [E("--crop", "32", mode="train video")],
     ("train video", "--lr"): [E("--lr", "0.01", mode="train video")],
+    ("train video", "--clean-share"): [E("--clean-share", "0.5", mode="train video")],
+    ("train video", "--consistency"): [E("--consistency", "2", mode="train video")],
     ("train video", "--val-every"): [E("--val-every", "5", mode="train video")],
     ("train video", "--seed"): [E("--seed", "5", mode="train video")],
     ("train video", "--threads"): [E("--threads", "2", mode="train video")],
@@ -405,7 +407,23 @@ def _ray_stats() -> dict:
                        "skipped": 0, "failed": 0, "not_run": 0}, "inputs": []}
 
 
+def _import_every_module() -> None:
+    """Import every module of the package before anything is patched: a module first imported while a
+    patch is in place would keep the spy it bound with `from X import name` for the rest of the session."""
+    import importlib
+    import pkgutil
+
+    import unweather
+
+    for info in pkgutil.walk_packages(unweather.__path__, "unweather."):
+        try:
+            importlib.import_module(info.name)
+        except ImportError:  # the optional extras (Ray, TensorRT) where they are not installed
+            pass
+
+
 def install_spies(monkeypatch: pytest.MonkeyPatch, spies: Spies) -> None:
+    _import_every_module()
     import unweather.bench.report
     import unweather.bench.runner
     import unweather.cluster.ray_run

@@ -208,8 +208,9 @@ def test_a_video_network_is_timed_step_by_step_on_both_backends(cache, monkeypat
     assert data["failed"] == {} and set(data["median_ms"]) == {"torch", "onnxruntime"}
     assert engine.stateful and engine.backend == data["backend"]
     x = torch.rand(1, 3, 20, 28)
-    out, (bg, weight) = engine.step(x, (torch.zeros(1, 3, 20, 28), torch.zeros(1, 1, 20, 28)))
-    assert out.shape == bg.shape == x.shape and weight.shape == (1, 1, 20, 28) and float(weight.min()) > 0
+    out, (bg, weight) = engine.step(x, engine.empty_state(x))
+    assert out.shape == x.shape and bg.shape == (1, 6, 20, 28) and weight.shape == (1, 1, 20, 28)
+    assert float(weight.min()) > 0
 
 
 @pytest.mark.parametrize("backend, kind", [("onnxruntime", OnnxRuntimeEngine), ("torch", TorchEngine)])

@@ -200,13 +200,10 @@ def test_publish_output_to_rtsp_receiver(camera, tmp_path):
     assert code == 0, run.stderr
     report = json.loads(stats.read_text())
     received = _read_video(receiver.path)
-    # While a live run starts, frames wait and are then worked off faster than real time; GStreamer's
-    # receiving jitter buffer may discard some of that burst, and the last few may still be in it at the
-    # end. A file published at its own pace arrives whole (75 of 75).
-    assert len(received) >= report["frames_out"] * 2 // 3 > 0
-    # The frames held while the run started go out as fast as they are worked off (about 15 in 0.45 s of
-    # stream time), the rest at 25 FPS: the stream reached its end when its last 20 frames are there.
-    assert max(received) >= (report["frames_out"] - 20) / 25.0
+    # The frames held while the run started are sent at the stream's pace, not in a burst, so the receiver
+    # gets them all but the last few still in its jitter buffer when the run stops (a burst lost a third).
+    assert len(received) >= report["frames_out"] - 5 > 0
+    assert max(received) >= (report["frames_out"] - 5) / 25.0
     assert report["drops"] == {"startup": 0, "overload": 0}
     _no_secret(run, stats)
 

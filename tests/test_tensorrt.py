@@ -160,8 +160,12 @@ def test_a_video_networks_state_inputs_get_the_frames_profile_at_their_channels(
     profile = Profile(min=(1, 3, 9, 9), opt=(2, 3, 360, 640), max=(4, 3, 1080, 1920))
     assert input_profiles(["frames"], profile) == {"frames": (profile.min, profile.opt, profile.max)}
     shapes = input_profiles(["weight", "input", "background"], profile)
-    assert shapes["input"] == shapes["background"] == (profile.min, profile.opt, profile.max)
+    assert shapes["input"] == (profile.min, profile.opt, profile.max)
+    assert shapes["background"] == ((1, 6, 9, 9), (2, 6, 360, 640), (4, 6, 1080, 1920))
     assert shapes["weight"] == ((1, 1, 9, 9), (2, 1, 360, 640), (4, 1, 1080, 1920))
+    # The graph's own channel counts win (a state of another size); a dynamic one (-1) keeps the default.
+    shapes = input_profiles(["weight", "input", "background"], profile, {"background": 9, "weight": -1})
+    assert shapes["background"][1] == (2, 9, 360, 640) and shapes["weight"][1] == (2, 1, 360, 640)
     with pytest.raises(UnweatherError, match="inputs frames, mask"):
         input_profiles(["frames", "mask"], profile)
 

@@ -66,7 +66,7 @@ def test_the_graph_takes_and_returns_the_state_with_dynamic_sizes_and_static_ran
     model = onnx.load(str(reports["fp32"].path))
     assert [i.name for i in model.graph.input] == list(VIDEO_INPUTS) == ["input", "background", "weight"]
     assert [o.name for o in model.graph.output] == list(VIDEO_OUTPUTS) == ["output", "background_out", "weight_out"]
-    for value, channels in zip((*model.graph.input, *model.graph.output), (3, 3, 1) * 2):
+    for value, channels in zip((*model.graph.input, *model.graph.output), (3, 6, 1) * 2):
         dims = value.type.tensor_type.shape.dim
         assert len(dims) == 4, value.name
         assert [d.dim_param for d in dims] == ["batch", "", "height", "width"] and dims[1].dim_value == channels
@@ -86,8 +86,10 @@ def test_onnxruntime_matches_torch_over_frames_that_carry_the_state(exported, he
     ort_engine = OnnxRuntimeEngine(reports["fp32"].path, threads=1)
     torch_engine = TorchEngine(net)
     assert ort_engine.stateful and torch_engine.stateful and ort_engine.pads_in_graph
+    # The state's channels come from the graph in ONNX Runtime and from the network in torch.
+    assert ort_engine.state_channels == torch_engine.state_channels == net.state_channels == 6
     clip = _clip(5, height, width)
-    state_t = state_o = (torch.zeros(1, 3, height, width), torch.zeros(1, 1, height, width))
+    state_t = state_o = ort_engine.empty_state(clip[:1])
     worst = 0.0
     for frame in clip.unbind(0):
         out_t, state_t = torch_engine.step(frame[None], state_t)
@@ -104,7 +106,7 @@ def test_a_session_over_the_onnxruntime_engine_restores_like_torch(exported):
     assert engine.stateful
     # Called on frames (a still image, a benchmark), it restores each with no history: a step from empty.
     frame = torch.rand(1, 3, 48, 64)
-    empty = (torch.zeros(1, 3, 48, 64), torch.zeros(1, 1, 48, 64))
+    empty = (torch.zeros(1, 6, 48, 64), torch.zeros(1, 1, 48, 64))
     assert torch.equal(engine(frame), engine.step(frame, empty)[0])
     clip = _clip(4, 48, 64)
     got, want = VideoSession(engine)(clip), VideoSession(TorchEngine(net))(clip)
@@ -174,7 +176,7 @@ def test_graph_states_match_the_frame_size_for_any_batch(exported):
 
     session = ort.InferenceSession(str(reports["fp32"].path), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).random((2, 3, 21, 30), dtype=np.float32)
-    out, bg, weight = session.run(list(VIDEO_OUTPUTS), {"input": x, "background": np.zeros_like(x),
+    out, bg, weight = session.run(list(VIDEO_OUTPUTS), {"input": x, "background": np.zeros((2, 6, 21, 30), np.float32),
                                                         "weight": np.zeros((2, 1, 21, 30), np.float32)})
-    assert out.shape == bg.shape == (2, 3, 21, 30) and weight.shape == (2, 1, 21, 30)
+    assert out.shape == (2, 3, 21, 30) and bg.shape == (2, 6, 21, 30) and weight.shape == (2, 1, 21, 30)
     assert 0.0 <= out.min() and out.max() <= 1.0

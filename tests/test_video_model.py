@@ -67,8 +67,10 @@ def test_video_student_with_no_history_is_its_frame_estimate_and_keeps_state_sha
     with torch.no_grad():
         y, bg2, w2 = model(x, bg, weight)
         f = model.frame(x)
-    assert y.shape == x.shape and bg2.shape == x.shape and w2.shape == (2, 1, 32, 48)
-    # With no history the output lies between the frame student's output and the input.
+    assert y.shape == x.shape and bg2.shape == (2, model.state_channels, 32, 48) and w2.shape == (2, 1, 32, 48)
+    # With no history the memory is the input, and the output lies between the frame student's output
+    # and the input.
+    assert torch.allclose(bg2[:, 3:], x)
     lo, hi = torch.minimum(f, x) - 1e-5, torch.maximum(f, x) + 1e-5
     assert bool(((y >= lo) & (y <= hi)).all())
     assert float(w2.min()) > 0 and float(w2.max()) <= model.fusion.config.max_weight
@@ -78,7 +80,7 @@ def test_history_of_a_still_scene_pulls_the_output_towards_it():
     model = build("video_small").eval()
     clean = torch.rand(1, 3, 32, 32)
     noisy = (clean + 0.3 * torch.randn_like(clean)).clamp(0, 1)
-    bg, weight = clean.clone(), torch.full((1, 1, 32, 32), 8.0)
+    bg, weight = torch.cat([clean, clean], 1), torch.full((1, 1, 32, 32), 8.0)
     with torch.no_grad():
         with_history, _, _ = model(noisy, bg, weight)
         without, _, _ = model(noisy, *VideoStudent.initial_state(noisy))
@@ -146,8 +148,22 @@ def test_a_short_training_run_resumes_and_writes_a_loadable_network(tmp_path):
 def test_every_parameter_of_the_fusion_gets_a_gradient():
     model = build("video_small")
     x = torch.rand(2, 3, 32, 32)
-    bg, weight = torch.rand(2, 3, 32, 32), torch.full((2, 1, 32, 32), 4.0)
+    bg, weight = torch.rand(2, 6, 32, 32), torch.full((2, 1, 32, 32), 4.0)
     y, new_bg, new_weight = model(x, bg, weight)
-    ((y - x.flip(-1)).abs().mean() + new_weight.mean() * 1e-3).backward()
+    ((y - x.flip(-1)).abs().mean() + new_weight.mean() * 1e-3 + new_bg[:, 3:].mean()).backward()
     dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not dead, f"parameters without gradient: {dead}"
+
+
+def test_the_input_memory_keeps_what_stays_and_barely_follows_what_flashes():
+    model = build("video_small").eval()
+    scene = 0.5 * torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        _, state, weight = model(scene, *model.initial_state(scene))
+        assert torch.allclose(state[:, 3:], scene)
+        flash = scene.clone()
+        flash[..., 10:12, 10:12] = 1.0
+        _, state, _ = model(flash, state, weight)
+    moved = (state[:, 3:] - scene).abs()
+    assert float(moved.max()) <= model.fusion.config.memory_step + 1e-6
+    assert float(moved[..., 10:12, 10:12].min()) > 0 and float(moved[..., 16:, 16:].max()) < 1e-6

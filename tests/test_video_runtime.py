@@ -46,6 +46,9 @@ class Recording:
         self.history += [float(w.sum()) for w in state[1]]
         return self.inner.step(frames, state)
 
+    def empty_state(self, frames):
+        return self.inner.empty_state(frames)
+
     def describe(self) -> str:
         return "recording " + self.inner.describe()
 

@@ -1,17 +1,20 @@
-"""Facts about media that every area shares: file suffixes, what a URL is, reading an image.
+"""Facts about media that every area shares: file suffixes, what a URL is, reading an image or a video.
 
 This module sits below `stream`, `cluster` and `training` (it imports none of them), so each fact
 has one definition: the image suffixes, the video extensions read and written, the test for a URL,
-and the one way an image file is read.
+the one way an image file is read, and the one way a video is opened for reading frames.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from unweather.errors import UnweatherError
+from unweather.redact import redact
 
 if TYPE_CHECKING:
     import numpy as np
@@ -79,3 +82,31 @@ def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
     if image is None or image.size == 0:
         raise UnweatherError(f"cannot read the image {path}.")
     return np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+
+
+@contextlib.contextmanager
+def open_video(source: str | os.PathLike[str], timeout: float | None = None) -> Iterator[tuple[Any, Any]]:
+    """Open `source` (a file or a URL) with PyAV for reading: (container, its first video stream).
+
+    The stream decodes with threads; the container closes on leaving the block.
+
+    Args:
+        source: the video.
+        timeout: seconds to wait for the source to open and for each read (network sources).
+
+    Raises:
+        UnweatherError: one line (credentials redacted) when it cannot be opened or holds no video.
+    """
+    import av
+
+    name = redact(os.fspath(source))
+    try:
+        container = av.open(os.fspath(source), **({"timeout": (timeout, timeout)} if timeout else {}))
+    except (av.FFmpegError, OSError) as exc:
+        raise UnweatherError(f"cannot open the video {name}: {redact(str(exc))}") from exc
+    with container:
+        if not container.streams.video:
+            raise UnweatherError(f"{name} has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        yield container, stream

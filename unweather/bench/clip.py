@@ -56,18 +56,11 @@ def synthetic_frames(res: Resolution, count: int, seed: int = 0) -> Iterator[np.
 
 def input_frames(source: str, res: Resolution, count: int) -> Iterator[np.ndarray]:
     """Yield up to `count` RGB uint8 frames of `source`, resized to `res` (only for the benchmark)."""
-    import av
     import cv2
 
-    try:
-        container = av.open(source, timeout=(_OPEN_TIMEOUT_S, _OPEN_TIMEOUT_S))
-    except (av.FFmpegError, OSError) as exc:
-        raise UnweatherError(f"cannot open {redact(source)}: {redact(str(exc))}") from exc
-    with container:
-        if not container.streams.video:
-            raise UnweatherError(f"{redact(source)} has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+    from unweather.media import open_video
+
+    with open_video(source, timeout=_OPEN_TIMEOUT_S) as (container, stream):
         for produced, frame in enumerate(container.decode(stream), start=1):
             rgb = frame.to_ndarray(format="rgb24")
             if rgb.shape[:2] != (res.height, res.width):

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -40,6 +40,9 @@ from unweather.bench.timing import CpuShare, ResourceSampler, spread, summarize,
 from unweather.errors import UnweatherError
 from unweather.machine import load_average, machine_info
 from unweather.redact import redact
+
+if TYPE_CHECKING:
+    from unweather.engine.base import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +265,7 @@ def _expired(deadline: Deadline | None) -> bool:
     return deadline is not None and deadline.expired()
 
 
-def time_engine(engine: Any, batches: list[torch.Tensor], warmup: int, repeats: int,
+def time_engine(engine: Engine, batches: list[torch.Tensor], warmup: int, repeats: int,
                 max_call_s: float | None = None, stop: threading.Event | None = None,
                 deadline: Deadline | None = None) -> dict[str, Any]:
     """Time `engine` alone: `warmup` untimed calls, then `repeats` passes over `batches`.
@@ -427,7 +430,7 @@ def _timed_out_part(deadline: Deadline | None, what: str) -> dict[str, Any]:
                                              f"before {what}"}
 
 
-def time_pipeline(engine: Any, clip: Path, batch: int, repeats: int, workdir: Path,
+def time_pipeline(engine: Engine, clip: Path, batch: int, repeats: int, workdir: Path,
                   deadline: Deadline | None = None, call_s: float = 0.0) -> dict[str, Any]:
     """Time the whole decode -> infer -> encode pipeline through `unweather.stream.run`, `repeats` times.
 
@@ -480,7 +483,7 @@ def time_pipeline(engine: Any, clip: Path, batch: int, repeats: int, workdir: Pa
     }
 
 
-def time_live(engine: Any, clip: Path, rate: float, workdir: Path, deadline: Deadline | None = None,
+def time_live(engine: Engine, clip: Path, rate: float, workdir: Path, deadline: Deadline | None = None,
               call_s: float = 0.0) -> dict[str, Any]:
     """Run the pipeline in live mode on `clip`, paced at its own frame rate `rate` as a camera would.
 

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unweather.cluster.chunks import count_video_packets, cut, join, publish, remove_temps, temp_path
 from unweather.cluster.planner import Chunk, InputPlan, LeadIn, lead_in, plan_input
@@ -39,6 +39,9 @@ from unweather.cluster.ray_connect import require_ray
 from unweather.errors import UnweatherError
 from unweather.redact import redact
 from unweather.sources_file import Source, apply_options, output_path
+
+if TYPE_CHECKING:
+    from unweather.engine.base import Engine
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +105,7 @@ def worker_config(config: Any) -> Any:
     return config
 
 
-def open_engine(config: Any):
+def open_engine(config: Any) -> Engine:
     """Build the engine a config asks for (once per actor): `unweather.stream.open_engine` for a
     RunConfig (files and cameras are videos: its default model is the video student when it is shipped);
     for another config, `unweather.engine.open` with its model/backend/precision/device."""
@@ -204,7 +207,7 @@ class ChunkRestorer:
                 os.remove(tmp)
 
 
-def run_chunk(chunk: Chunk, output: str, runner: Runner, config: Any, engine: Any,
+def run_chunk(chunk: Chunk, output: str, runner: Runner, config: Any, engine: Engine,
               stop_event: threading.Event | None = None, lead: LeadIn | None = None) -> None:
     """Restore one chunk into `output` with `runner`, cutting it out of its input unless it is the whole input.
 

@@ -73,6 +73,7 @@ class CountingEngine(Engine):
         self.inner = inner
         self.backend = inner.backend
         self.stateful = bool(getattr(inner, "stateful", False))
+        self.state_channels = int(getattr(inner, "state_channels", 0))
         self.model = getattr(inner, "model", "")
         # The inner engine tiles its calls itself; shown here so a run sees the setting.
         self.tile, self.tile_overlap = getattr(inner, "tile", None), getattr(inner, "tile_overlap", 0)

@@ -39,8 +39,10 @@ class Engine(ABC):
     backend: str = ""
     pads_in_graph: bool = False
     output_clamped: bool = False
-    # A video network: `step` carries its state from frame to frame (see `unweather.engine.session`).
+    # A video network: `step` carries its state from frame to frame (see `unweather.engine.session`),
+    # `state_channels` channels of it beside the one-channel weight.
     stateful: bool = False
+    state_channels: int = 0
 
     def __init__(self, device: torch.device | str, precision: str, multiple: int, min_size: int = 1) -> None:
         if precision not in PRECISIONS:
@@ -63,9 +65,7 @@ class Engine(ABC):
         if self.stateful:
             # Frames taken one by one with no history (a still image, a benchmark call); a stream carries
             # its state through `unweather.engine.session.VideoSession` instead.
-            n = frames.shape[0]
-            empty = (frames.new_zeros(n, 3, h, w), frames.new_zeros(n, 1, h, w))
-            return self.step(frames, empty)[0]
+            return self.step(frames, self.empty_state(frames))[0]
         if self.tile is not None and (h > self.tile or w > self.tile):
             from unweather.engine.tiling import tiled
 
@@ -86,8 +86,9 @@ class Engine(ABC):
              ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """One step of a video network: restore `frames` (N, 3, H, W) given its aligned state.
 
-        `state` is (background (N, 3, H, W), weight (N, 1, H, W)) at the frames' size, zeros for a new
-        stream; the new state comes back at the same size. Frames are padded and cropped as in `__call__`.
+        `state` is (state (N, `state_channels`, H, W), weight (N, 1, H, W)) at the frames' size, zeros for
+        a new stream (`empty_state`); the new state comes back at the same size. Frames are padded and
+        cropped as in `__call__`.
         """
         if not self.stateful:
             raise UnweatherError(f"{self.model or 'this network'} is not a video network; it has no state")
@@ -97,6 +98,11 @@ class Engine(ABC):
         out, bg, weight = self.infer_step(*(pad(t, self.multiple, self.min_size) for t in (frames, bg, weight)))
         out = out[..., :h, :w]
         return (out if self.output_clamped else out.clamp(0.0, 1.0)), (bg[..., :h, :w], weight[..., :h, :w])
+
+    def empty_state(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A video network's state for a new stream of frames shaped like `frames`: all zeros."""
+        n, _, h, w = frames.shape
+        return frames.new_zeros(n, self.state_channels, h, w), frames.new_zeros(n, 1, h, w)
 
     def infer_step(self, frames: torch.Tensor, bg: torch.Tensor, weight: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -128,12 +128,11 @@ def measure(openers: dict[str, Callable[[], Engine]], config: CalibrationConfig
         The open engines, each one's call times in milliseconds, and why each that failed did.
     """
     frame = torch.rand(1, 3, config.height, config.width, generator=torch.Generator().manual_seed(0))
-    # A video network is timed one step at a time, with an empty state: every step costs the same.
-    state = (torch.zeros(1, 3, config.height, config.width), torch.zeros(1, 1, config.height, config.width))
 
     def call(engine: Engine) -> None:
+        # A video network is timed one step at a time, with an empty state: every step costs the same.
         if getattr(engine, "stateful", False):
-            engine.step(frame, state)
+            engine.step(frame, engine.empty_state(frame))
         else:
             engine(frame)
 

@@ -25,9 +25,10 @@ user's frames; below `min_psnr` it names the convolutions to keep in float.
 Both gates record what they measured in the graph's metadata ("unweather.gate").
 
 A video network (`stateful`, e.g. `video_small`) carries a state from frame to frame, and its graph
-takes it and returns it as explicit tensors: "input" (N, 3, H, W), "background" (N, 3, H, W) and
-"weight" (N, 1, H, W) in, "output", "background_out" and "weight_out" out (`VIDEO_INPUTS`,
-`VIDEO_OUTPUTS`), static ranks and no loops, so every backend runs it one step per call. The padding
+takes it and returns it as explicit tensors: "input" (N, 3, H, W), "background" (N, C, H, W: the
+network's `state_channels`, fixed in the graph) and "weight" (N, 1, H, W) in, "output",
+"background_out" and "weight_out" out (`VIDEO_INPUTS`, `VIDEO_OUTPUTS`), static ranks and no loops,
+so every backend runs it one step per call. The padding
 applies to all three inputs and the crop to all three outputs (the state stays at the frame's size);
 only "output" is clamped. Its FP16 gate runs sequences of frames through the FP32 and FP16 networks,
 each carrying its own state, and compares every frame's output. INT8 covers frame networks only.
@@ -234,6 +235,13 @@ def is_stateful(net: nn.Module) -> bool:
     return bool(getattr(unwrap(net), "stateful", False))
 
 
+def _empty_state(net: nn.Module, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A video network's empty state for `frames` (its `initial_state`)."""
+    from unweather.models.checkpoint import unwrap
+
+    return unwrap(net).initial_state(frames)
+
+
 def is_stateful_graph(model: object) -> bool:
     """Whether an ONNX model is a video network's graph: our metadata says so, or it has our three inputs."""
     props = {p.key: p.value for p in model.metadata_props}
@@ -330,7 +338,9 @@ def export_onnx(net: nn.Module, path: str | os.PathLike[str], config: ExportConf
         if stateful:
             # A state the frames could have left: a background near the frame, some evidence.
             g = torch.Generator().manual_seed(1)
-            state = ((test + 0.1 * torch.rand(test.shape, generator=g)).clamp(0, 1),
+            planes = _empty_state(base, test)[0].shape[1] // 3
+            near = [test + 0.1 * torch.rand(test.shape, generator=g) for _ in range(planes)]
+            state = (torch.cat(near, 1).clamp(0, 1),
                      16.0 * torch.rand(1, 1, *test.shape[-2:], generator=g))
             expected = [t.numpy() for t in reference_step(base, test, *state)]
             got = session.run(list(VIDEO_OUTPUTS), dict(zip(VIDEO_INPUTS, (t.numpy() for t in (test, *state)))))
@@ -468,7 +478,8 @@ def _trace(base: nn.Module, module: nn.Module, path: Path, config: ExportConfig,
     names = [INPUT_NAME], [OUTPUT_NAME]
     stateful = is_stateful(base)
     if stateful:
-        example = (*example, torch.rand(2, 3, size, size), 16.0 * torch.rand(2, 1, size, size))
+        bg, weight = _empty_state(base, example[0])
+        example = (*example, torch.rand_like(bg), 16.0 * torch.rand_like(weight))
         names = list(VIDEO_INPUTS), list(VIDEO_OUTPUTS)
     saved_levels = _quiet_torch_onnx()
     try:
@@ -782,7 +793,7 @@ def fp16_sequence_gate(base: nn.Module, session: object, sequences: list[tuple[s
     results: dict[str, float] = {}
     for name, frames in sequences:
         h, w = frames[0].shape[-2:]
-        empty = (torch.zeros(1, 3, h, w), torch.zeros(1, 1, h, w))
+        empty = _empty_state(base, frames[0])
         states = {"fp32": empty, "onnxruntime": empty, "torch fp16": empty}
         for i, frame in enumerate(frames):
             expected, states["fp32"] = _sequence_step(base, frame, states["fp32"], multiple, min_size)
@@ -912,15 +923,9 @@ def video_frames(path: Path, count: int) -> list[tuple[str, torch.Tensor]]:
     """Up to `count` frames spread evenly over the video at `path`, named "FILE frame N"."""
     import av
 
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError) as exc:
-        raise UnweatherError(f"cannot open the video {path}: {exc}") from exc
-    with container:
-        if not container.streams.video:
-            raise UnweatherError(f"{path} has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+    from unweather.media import open_video
+
+    with open_video(path) as (container, stream):
         # Every step-th frame; a container that does not count its frames gives its first `count`.
         step = max(1, (stream.frames or 0) // count)
         frames = []

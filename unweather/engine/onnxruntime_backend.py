@@ -93,6 +93,11 @@ class OnnxRuntimeEngine(Engine):
             if set(VIDEO_INPUTS) <= set(by_name[0]) and set(VIDEO_OUTPUTS) <= set(by_name[1]):
                 inputs = [by_name[0][n] for n in VIDEO_INPUTS]
                 outputs = [by_name[1][n] for n in VIDEO_OUTPUTS]
+            channels = inputs[1].shape[1] if len(inputs[1].shape) == 4 else None
+            if not isinstance(channels, int):
+                raise UnweatherError(f"{path}: the state input {inputs[1].name} needs a fixed number of channels, "
+                                     f"not {channels!r}")
+            self.state_channels = channels
         elif len(inputs) != 1 or len(outputs) != 1:
             raise UnweatherError(f"{path} has {len(inputs)} inputs and {len(outputs)} outputs; an engine needs one "
                                  f"each (a frame network) or three each (a video network: {', '.join(VIDEO_INPUTS)})")

@@ -61,7 +61,7 @@ class VideoSession:
             else:
                 self.state = motion.warp_state(*self.state, moved.dx, moved.dy)
         if self.state is None:
-            self.state = (frame.new_zeros(1, 3, *frame.shape[-2:]), frame.new_zeros(1, 1, *frame.shape[-2:]))
+            self.state = self.engine.empty_state(frame)
         self._prev_grey = grey
         out, self.state = self.engine.step(frame, self.state)
         return out

@@ -116,6 +116,8 @@ class TensorRTEngine(Engine):
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self.input_names, self.output_names = video_io(inputs, outputs, plan)
         self.stateful = len(self.input_names) > 1
+        if self.stateful:
+            self.state_channels = int(engine.get_tensor_shape(self.input_names[1])[1])
         self.input_name, self.output_name = self.input_names[0], self.output_names[0]
         self.dtypes = {n: _torch_dtype(trt, engine.get_tensor_dtype(n)) for n in (*self.input_names,
                                                                                   *self.output_names)}

@@ -120,11 +120,13 @@ def check_profile(profile: Profile, multiple: int = 1, min_size: int = 1, pads_i
             raise UnweatherError(f"profile {profile.describe()}: the {label} must satisfy min <= opt <= max")
 
 
-def input_profiles(inputs: list[str], profile: Profile) -> dict[str, tuple[Shape, Shape, Shape]]:
+def input_profiles(inputs: list[str], profile: Profile, channels: dict[str, int] | None = None
+                   ) -> dict[str, tuple[Shape, Shape, Shape]]:
     """The (min, opt, max) shape of every input of a graph, from the frames' `profile`.
 
     A frame network has one input; a video network three (`unweather.engine.export.VIDEO_INPUTS`): the
-    frame, and its state at the frame's size, the background with 3 channels and the weight with 1.
+    frame, and its state at the frame's size with the channels the graph declares (`channels`, by
+    name; by default those of our video students: 6 for the state, 1 for the weight).
 
     Raises:
         UnweatherError: inputs that are neither.
@@ -136,7 +138,7 @@ def input_profiles(inputs: list[str], profile: Profile) -> dict[str, tuple[Shape
     if sorted(inputs) != sorted(VIDEO_INPUTS):
         raise UnweatherError(f"the graph has inputs {', '.join(inputs)}; an engine takes one (frames) or a video "
                              f"network's three ({', '.join(VIDEO_INPUTS)})")
-    channels = dict(zip(VIDEO_INPUTS, (3, 3, 1)))
+    channels = {**dict(zip(VIDEO_INPUTS, (3, 6, 1))), **{k: v for k, v in (channels or {}).items() if v > 0}}
     return {name: tuple((n, channels[name], h, w) for n, _, h, w in (profile.min, profile.opt, profile.max))
             for name in inputs}
 
@@ -446,8 +448,10 @@ def build_engine(onnx_path: str | os.PathLike[str], plan_path: str | os.PathLike
                 logger.error("TensorRT ONNX parser: %s", error)
             raise UnweatherError(f"TensorRT's ONNX parser rejected {onnx_path} ({len(errors)} error(s); "
                                  f"first: {errors[0] if errors else 'no detail'})")
-        inputs = [network.get_input(i).name for i in range(network.num_inputs)]
-        shapes = input_profiles(inputs, profile)
+        tensors = [network.get_input(i) for i in range(network.num_inputs)]
+        # The state's channel count is static in our graphs (-1 where a graph leaves it dynamic).
+        shapes = input_profiles([t.name for t in tensors], profile,
+                                {t.name: int(t.shape[1]) for t in tensors if len(t.shape) == 4})
 
         config = builder.create_builder_config()
         if workspace_mb is not None:

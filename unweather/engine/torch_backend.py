@@ -58,6 +58,7 @@ class TorchEngine(Engine):
         self.dtype = DTYPES[precision]
         self.channels_last = self.device.type == "cuda" if channels_last is None else bool(channels_last)
         self.stateful = bool(getattr(net, "stateful", False))
+        self.state_channels = int(getattr(net, "state_channels", 0))
         self.net = net.eval().to(device=self.device, dtype=self.dtype)
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import logging
 import os
+import time
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,11 @@ from unweather.media import IMAGE_SUFFIXES, is_url
 from unweather.media import VIDEO_OUTPUTS as VIDEO_SUFFIXES
 from unweather.redact import redact
 from unweather.stream.colour import ColourSpec
+
+# A live network output leaves at the stream's own pace, never ahead of it: the frames held while a run
+# starts (or reconnects) would otherwise go out in a burst that a receiver's jitter buffer discards.
+# Further off the pace than this (a jump in timestamps, a long stall) and the pace starts afresh.
+_PACE_SLACK_S = 1.0
 
 if TYPE_CHECKING:
     import numpy as np
@@ -125,6 +131,7 @@ class VideoSink(Sink):
         self.audio_map: dict[int, Any] = {}
         self._last_time = float("-inf")
         self._frame_seconds = 1.0 / float(source.rate) if source.rate else 0.04
+        self._pace_anchor: tuple[float, float] | None = None
         self._created_file = False
         if self.is_url:
             from unweather.stream.network import open_output_container
@@ -267,6 +274,8 @@ class VideoSink(Sink):
         frame.time_base = time_base
         frame.color_range = self.spec.color_range
         frame.colorspace = self.spec.colorspace
+        if self.is_url and self.live:
+            self._pace(float(pts * time_base))
         try:
             self.container.mux(self.stream.encode(frame))
         except (av.error.FFmpegError, OSError, ValueError) as exc:
@@ -274,6 +283,18 @@ class VideoSink(Sink):
         self.frames_written += 1
         self._last_time = float(pts * time_base)
         self._mux_audio(self._last_time)
+
+    def _pace(self, t: float) -> None:
+        """Wait until the frame at stream time `t` is due, counting from the first frame sent."""
+        now = time.monotonic()
+        if self._pace_anchor is not None:
+            wall0, t0 = self._pace_anchor
+            ahead = (t - t0) - (now - wall0)
+            if abs(ahead) <= _PACE_SLACK_S:
+                if ahead > 0:
+                    time.sleep(ahead)
+                return
+        self._pace_anchor = (now, t)
 
     def _mux_audio(self, until: float | None) -> None:
         import av

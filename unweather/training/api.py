@@ -59,17 +59,13 @@ def train_teacher(cfg: TrainConfig, weather: str, output: str | Path, *, run_dir
         UnweatherError: a configuration, data or run directory that cannot train.
         KeyboardInterrupt: the run was interrupted (SIGINT) after saving a checkpoint.
     """
-    import torch
 
     from unweather.models import build, save
     from unweather.training import data
     from unweather.training.tasks import TeacherTask
     from unweather.training.trainer import Stage, Trainer
 
-    cfg.validate()
-    output = _check_output(output)
-    torch_device = _device(device)
-    torch.manual_seed(cfg.seed)
+    output, torch_device = _start(cfg, output, device)
 
     meta_dir = cfg.data.meta_dir
     train_sets = data.select(data.load_pairs(meta_dir, "train"), [weather], "train")
@@ -123,7 +119,6 @@ def train_student(cfg: TrainConfig, output: str | Path, *, teachers: Teachers = 
         UnweatherError: a configuration, data, teacher or run directory that cannot train.
         KeyboardInterrupt: the run was interrupted (SIGINT) after saving a checkpoint.
     """
-    import torch
     from safetensors.torch import save_file
 
     from unweather.models import build, load_checkpoint, read_metadata, save
@@ -131,10 +126,7 @@ def train_student(cfg: TrainConfig, output: str | Path, *, teachers: Teachers = 
     from unweather.training.tasks import DirectTask, KCTask, KETask, StudentWithCKT
     from unweather.training.trainer import Stage, Trainer
 
-    cfg.validate()
-    output = _check_output(output)
-    torch_device = _device(device)
-    torch.manual_seed(cfg.seed)
+    output, torch_device = _start(cfg, output, device)
 
     meta_dir = cfg.data.meta_dir
     specs = teacher_specs(teachers)
@@ -255,6 +247,17 @@ def teacher_specs(teachers: Teachers) -> list[str]:
     if isinstance(teachers, (str, Path)):
         raise UnweatherError("teachers must be a mapping {weather: file} or a list of files, not one file")
     return [str(t) for t in teachers]
+
+
+def _start(cfg: TrainConfig, output: str | Path, device: str) -> tuple[Path, torch.device]:
+    """What every run does first: check the configuration and the output, pick the device, seed torch."""
+    import torch
+
+    cfg.validate()
+    output = _check_output(output)
+    torch_device = _device(device)
+    torch.manual_seed(cfg.seed)
+    return output, torch_device
 
 
 def _device(name: str) -> torch.device:

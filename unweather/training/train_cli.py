@@ -81,10 +81,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     video.add_argument("--resume", action="store_true", help="continue from the run directory's saved state")
     video.add_argument("--steps", type=int, default=2000, help="optimiser steps (default: %(default)s)")
     video.add_argument("--batch", type=int, default=4, help="clips per step (default: %(default)s)")
-    video.add_argument("--frames", type=int, default=6, help="frames per clip (default: %(default)s)")
+    video.add_argument("--frames", type=int, default=8, help="frames per clip (default: %(default)s)")
     video.add_argument("--crop", type=int, default=128,
                        help="clip side in pixels, a multiple of 16 (default: %(default)s)")
     video.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
+    video.add_argument("--clean-share", type=float, default=0.2, metavar="P",
+                       help="share of clips without weather (default: %(default)s)")
+    video.add_argument("--consistency", type=float, default=0.5, metavar="W",
+                       help="weight of the temporal consistency term (default: %(default)s)")
     video.add_argument("--val-every", type=int, default=250, metavar="STEPS", help="default: %(default)s")
     video.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     video.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads (default: %(default)s)")
@@ -99,7 +103,8 @@ def _video(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or str(Path("runs") / Path(args.output).stem)
     cfg = VideoTrainConfig(images=list(args.images), init=args.init, run_dir=run_dir, out=args.output,
                            arch=args.model, steps=args.steps, batch=args.batch, frames=args.frames, crop=args.crop,
-                           lr=args.lr, val_images=args.val_images, val_every=args.val_every, seed=args.seed,
+                           lr=args.lr, clean_share=args.clean_share, consistency=args.consistency,
+                           val_images=args.val_images, val_every=args.val_every, seed=args.seed,
                            threads=args.threads, frame=args.frame)
     path = train_video(cfg, resume=args.resume)
     print(f"wrote {path}")

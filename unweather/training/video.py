@@ -161,7 +161,7 @@ def run_clip(model: VideoStudent, x: torch.Tensor, moves: torch.Tensor, f: torch
     stream. `f`, the frame student's outputs, may be given (a frozen frame student). Returns (N, T, 3, H, W).
     """
     n, frames = x.shape[:2]
-    bg, weight = VideoStudent.initial_state(x[:, 0])
+    bg, weight = model.initial_state(x[:, 0])
     outs = []
     for t in range(frames):
         if t:
@@ -219,7 +219,7 @@ class VideoTrainConfig:
     arch: str = "video_small"
     steps: int = 3000
     batch: int = 4
-    frames: int = 6
+    frames: int = 8
     crop: int = 128
     lr: float = 1e-3
     consistency: float = 0.5
@@ -343,6 +343,10 @@ def build_video(cfg: VideoTrainConfig) -> VideoStudent:
 
 def train_video(cfg: VideoTrainConfig, resume: bool = False, log=print) -> Path:
     """Train the video student's fusion on synthetic clips; return the trained network's path."""
+    if not 0.0 <= cfg.clean_share <= 1.0:
+        raise UnweatherError(f"--clean-share must be between 0 and 1, not {cfg.clean_share:g}")
+    if cfg.consistency < 0:
+        raise UnweatherError(f"--consistency must be 0 or more, not {cfg.consistency:g}")
     torch.set_num_threads(max(1, cfg.threads))
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
