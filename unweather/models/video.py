@@ -13,7 +13,8 @@ frame is kept) and how much evidence the background holds `W`. Per pixel the fus
   weighted mean whose history is kept with `lam` (near 0 where the camera moved beyond the
   alignment, an object moved or the scene changed) and fed with weight `omega` (how good `g` is);
 - `xm' = xm + clamp(x - xm, -s, s)` with a per-pixel step `s` up to `memory_step`;
-- the output is `bg'`. With no history (`W = 0`, a reset) the memory starts as the input.
+- the output is `bg'`. With no history (`W = 0`, a reset) the memory starts as `f` and then
+  follows the input.
 
 The trust maps come from a small network at a quarter of the resolution (context: motion, weather,
 scene change) plus a thin full-resolution path (the edges of flakes and streaks).
@@ -96,9 +97,10 @@ class TemporalFusion(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return (output, new state, new weight)."""
         bg, xm = state[:, 0:3], state[:, 3:6]
-        # Where there is no history (a reset, what came into view) the memory starts as the input.
+        # Where there is no history (a reset, what came into view) the memory starts as the frame student's
+        # estimate: the input would carry that frame's streaks and flakes into the next frames.
         known = torch.clamp(weight * 8.0, max=1.0)
-        xm = x + known * (xm - x)
+        xm = f + known * (xm - f)
         evidence = weight * (1.0 / self.config.max_weight)
         dxf, dxb, dfb, dxm, dfm, dbm = x - f, x - bg, f - bg, x - xm, f - xm, bg - xm
         full = torch.cat([x, f, bg, xm, dxf, dxb, dfb, dxm, dfm, dbm, evidence], dim=1)
