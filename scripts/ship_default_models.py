@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # made grid-free and trained on the corpus with weather in two renderer styles and a third of each batch
 # clean; the video student adds a temporal fusion over `fast`'s frame network.
 SHIPPED = {"fast": ("fast_corpus", None), "quality": ("quality_corpus", torch.float16),
-           "video": ("video_reset", torch.float16)}
+           "video": ("video_reset_long", torch.float16)}
 RECORD_FILES = ("config.yaml", "config.json", "metrics.jsonl", "train.log", "result.json", "last.json")
-REPRODUCE = {"fast": "fast_corpus", "quality": "quality_corpus", "video": "video_reset"}
+REPRODUCE = {"fast": "fast_corpus", "quality": "quality_corpus", "video": "video_reset_long"}
 RUNS = ("teacher_rain", "teacher_snow", "teacher_haze", "student_fast", "student_quality", "student_quality_more",
         "student_quality_polish", "direct_fast", "nomcr_fast", "fast_wide", "quality_wide", "fast_full",
         "fast_haze", "fast_resynth", "fast_recolour", "fast_balanced", "quality_haze", "fast_corpus",
