@@ -190,65 +190,48 @@ fast_night() {
 # every frame, validated on clips of the validation photos.
 VIDEO_FRAME=${VIDEO_FRAME:-unweather/weights/fast.safetensors}
 VIDEO_STEPS=${VIDEO_STEPS:-1500}
-video_memory() {
-    local name=video_memory out="$MODELS/video_memory.safetensors" dir="$RUNS/video_memory" resume=()
+VIDEO_LONG_STEPS=${VIDEO_LONG_STEPS:-600}
+VIDEO_RESET_STEPS=${VIDEO_RESET_STEPS:-450}
+VIDEO_RESET_LONG_STEPS=${VIDEO_RESET_LONG_STEPS:-300}
+# video_run NAME INIT ARGS...: train the video student NAME from INIT (a frame or video network), resuming.
+video_run() {
+    local name=$1 init=$2
+    shift 2
+    local out="$MODELS/$name.safetensors" dir="$RUNS/$name" resume=()
     [[ -f $CORPUS_META/prepare.json ]] || corpus_data
     if [[ -f "$out" ]]; then echo "[$(date -u +%H:%M:%S)] $name: done ($out)"; return 0; fi
     [[ -f "$dir/last_state.pt" ]] && resume=(--resume)
     mkdir -p "$dir"
     echo "[$(date -u +%H:%M:%S)] $name: start ${resume[*]}"
-    # 8 frames per clip: the input memory needs a few frames to show what stays.
     python3 -m unweather.cli train video --images "$CORPUS_META/train/images" --val-images "$CORPUS_META/valid/clean" \
-        --init "$VIDEO_FRAME" -o "$out" --run-dir "$dir" --steps "$VIDEO_STEPS" --crop 96 --frames 8 --batch 4 \
-        --threads 1 "${resume[@]}" >>"$dir/train.log" 2>&1
+        --init "$init" -o "$out" --run-dir "$dir" --crop 96 --batch 4 --threads 1 "$@" "${resume[@]}" \
+        >>"$dir/train.log" 2>&1
     echo "[$(date -u +%H:%M:%S)] $name: finished"
 }
-# video_memory continued on longer clips (12 frames), more of them clean, a stronger consistency term:
-# flicker on still cameras and clean pans are what it is for.
-VIDEO_LONG_STEPS=${VIDEO_LONG_STEPS:-600}
+# 8 frames per clip: the input memory needs a few frames to show what stays.
+video_memory() {
+    video_run video_memory "$VIDEO_FRAME" --steps "$VIDEO_STEPS" --frames 8
+}
+# Continued on longer clips (12 frames), more of them clean, a stronger consistency term: flicker on
+# still cameras and clean pans are what it is for.
+VIDEO_REFIT=(--clean-share 0.3 --consistency 1.0 --val-every 150)
 video_long() {
-    local name=video_long out="$MODELS/video_long.safetensors" dir="$RUNS/video_long" resume=()
     [[ -f "$MODELS/video_memory.safetensors" ]] || video_memory
-    if [[ -f "$out" ]]; then echo "[$(date -u +%H:%M:%S)] $name: done ($out)"; return 0; fi
-    [[ -f "$dir/last_state.pt" ]] && resume=(--resume)
-    mkdir -p "$dir"
-    echo "[$(date -u +%H:%M:%S)] $name: start ${resume[*]}"
-    python3 -m unweather.cli train video --images "$CORPUS_META/train/images" --val-images "$CORPUS_META/valid/clean" \
-        --init "$MODELS/video_memory.safetensors" -o "$out" --run-dir "$dir" --steps "$VIDEO_LONG_STEPS" \
-        --lr 3e-4 --crop 96 --frames 12 --batch 4 --clean-share 0.3 --consistency 1.0 --val-every 150 \
-        --threads 1 "${resume[@]}" >>"$dir/train.log" 2>&1
-    echo "[$(date -u +%H:%M:%S)] $name: finished"
+    video_run video_long "$MODELS/video_memory.safetensors" --steps "$VIDEO_LONG_STEPS" --lr 3e-4 --frames 12 \
+        "${VIDEO_REFIT[@]}"
 }
 # The memory starts from the frame student's estimate after a reset (it started from the input, whose
 # streaks the next frames then trusted: -4 dB after a cut); video_long refitted to that on 8-frame clips.
-VIDEO_RESET_STEPS=${VIDEO_RESET_STEPS:-450}
 video_reset() {
-    local name=video_reset out="$MODELS/video_reset.safetensors" dir="$RUNS/video_reset" resume=()
     [[ -f "$MODELS/video_long.safetensors" ]] || video_long
-    if [[ -f "$out" ]]; then echo "[$(date -u +%H:%M:%S)] $name: done ($out)"; return 0; fi
-    [[ -f "$dir/last_state.pt" ]] && resume=(--resume)
-    mkdir -p "$dir"
-    echo "[$(date -u +%H:%M:%S)] $name: start ${resume[*]}"
-    python3 -m unweather.cli train video --images "$CORPUS_META/train/images" --val-images "$CORPUS_META/valid/clean" \
-        --init "$MODELS/video_long.safetensors" -o "$out" --run-dir "$dir" --steps "$VIDEO_RESET_STEPS" \
-        --lr 3e-4 --crop 96 --frames 8 --batch 4 --clean-share 0.3 --consistency 1.0 --val-every 150 \
-        --threads 1 "${resume[@]}" >>"$dir/train.log" 2>&1
-    echo "[$(date -u +%H:%M:%S)] $name: finished"
+    video_run video_reset "$MODELS/video_long.safetensors" --steps "$VIDEO_RESET_STEPS" --lr 3e-4 --frames 8 \
+        "${VIDEO_REFIT[@]}"
 }
-# video_reset on 12-frame clips: time for the memory to move from the frame estimate to the input's median.
-VIDEO_RESET_LONG_STEPS=${VIDEO_RESET_LONG_STEPS:-300}
+# Then on 12-frame clips: time for the memory to move from the frame estimate to the input's median.
 video_reset_long() {
-    local name=video_reset_long out="$MODELS/video_reset_long.safetensors" dir="$RUNS/video_reset_long" resume=()
     [[ -f "$MODELS/video_reset.safetensors" ]] || video_reset
-    if [[ -f "$out" ]]; then echo "[$(date -u +%H:%M:%S)] $name: done ($out)"; return 0; fi
-    [[ -f "$dir/last_state.pt" ]] && resume=(--resume)
-    mkdir -p "$dir"
-    echo "[$(date -u +%H:%M:%S)] $name: start ${resume[*]}"
-    python3 -m unweather.cli train video --images "$CORPUS_META/train/images" --val-images "$CORPUS_META/valid/clean" \
-        --init "$MODELS/video_reset.safetensors" -o "$out" --run-dir "$dir" --steps "$VIDEO_RESET_LONG_STEPS" \
-        --lr 2e-4 --crop 96 --frames 12 --batch 4 --clean-share 0.3 --consistency 1.0 --val-every 150 \
-        --threads 1 "${resume[@]}" >>"$dir/train.log" 2>&1
-    echo "[$(date -u +%H:%M:%S)] $name: finished"
+    video_run video_reset_long "$MODELS/video_reset.safetensors" --steps "$VIDEO_RESET_LONG_STEPS" --lr 2e-4 \
+        --frames 12 "${VIDEO_REFIT[@]}"
 }
 corpus_lanes() {
     corpus_data
