@@ -25,7 +25,7 @@ def test_demo_command_writes_before_after(tmp_path, capsys) -> None:
     out = tmp_path / "demo"
     assert main(["demo", "-o", str(out), "--frames", "4", "--size", "128x72"]) == 0
     printed = capsys.readouterr().out
-    assert "model: fast" in printed
+    assert "model: video" in printed
     assert "FPS" in printed and "PSNR against the clean clip" in printed
 
     rainy, restored = _frames(out / "rain.mp4"), _frames(out / "rain_restored.mp4")

@@ -4,7 +4,7 @@
 
 It films the photo the package carries (unweather/assets/demo_photo.jpg) with a slowly panning camera
 under moving synthetic rain (`unweather.training.clips.weather_clip`), writes that clip, restores it
-with `unweather.stream.run` and the default model for the device, then writes the before/after video
+with `unweather.stream.run` and the default model for a video, then writes the before/after video
 side by side and a PNG of one frame, and prints the frame rate and the PSNR against the clean clip.
 """
 
@@ -69,7 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", default="640x360", metavar="WxH", help="frame size (default: 640x360)")
     parser.add_argument("--weather", default="rain", choices=("rain", "snow", "haze"),
                         help="the synthetic weather (default: rain)")
-    parser.add_argument("--model", help="model to clean with (default: quality on a GPU, fast on a CPU)")
+    parser.add_argument("--model", help="model to clean with (default: as `unweather run` on a video: the video "
+                                            "student when shipped, else quality on a GPU, fast on a CPU)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: the engine's choice)")
     parser.add_argument("--seed", type=int, default=1, help="random seed of the weather")
     parser.set_defaults(func=_handler)
@@ -192,7 +193,8 @@ def make_demo(output: str | Path, frames: int = 48, size: tuple[int, int] = (640
     restored_path = out_dir / f"{weather}_restored.mp4"
     _write_video(degraded_path, degraded8)
 
-    model_name = model or default_model(device)
+    # The clip is a video: the same default as `unweather run` on a video (the video student when shipped).
+    model_name = model or default_model(device, video=True)
     config = RunConfig(model=model_name, device=device, progress=False, mode="offline")
     stats = run(str(degraded_path), str(restored_path), config=config, stop_event=stop_event)
     if stop_event is not None and stop_event.is_set():
