@@ -140,14 +140,9 @@ def read_video_packets(path: str) -> tuple[Fraction, list[int], list[bool], list
     """
     import av
 
-    try:
-        container = av.open(path)
-    except (av.FFmpegError, OSError) as exc:
-        raise UnweatherError(f"cannot open {path}: {exc}") from exc
-    with container:
-        if not container.streams.video:
-            raise UnweatherError(f"{path} has no video stream")
-        stream = container.streams.video[0]
+    from unweather.media import open_video
+
+    with open_video(path) as (container, stream):
         has_audio = bool(container.streams.audio)
         pts: list[int] = []
         keys: list[bool] = []
