@@ -185,6 +185,15 @@ fast_night() {
         --ke-steps "$FAST_NIGHT_STEPS" --lr 5e-5 "${CORPUS_SET[@]}" --set data.night=0.15 \
         --init "$FAST_NIGHT_INIT"
 }
+# Half of each batch clean (12 of 24): the shipped fast darkens a real night city's lit windows by 10 levels
+# (fast_night's synthetic night lights made it 20). Starts from the shipped fast.
+FAST_CLEAN_STEPS=${FAST_CLEAN_STEPS:-600}
+fast_clean() {
+    [[ -f $CORPUS_META/prepare.json ]] || corpus_data
+    RUN_META=$CORPUS_META run fast_clean student --model student_small --direct --crop 160 --kc-steps 0 \
+        --ke-steps "$FAST_CLEAN_STEPS" --lr 5e-5 "${CORPUS_SET[@]}" --set data.clean_per_batch=12 \
+        --init unweather/weights/fast.safetensors
+}
 # The video student: the frame student (VIDEO_FRAME, default the shipped fast) frozen, its temporal fusion
 # trained on clips cut from the corpus photos (still, pan, zoom, shake, cuts) with weather drawn afresh
 # every frame, validated on clips of the validation photos.

@@ -52,6 +52,38 @@ def test_warped_state_lines_up_with_the_moved_scene():
     assert float(new_weight[inner].min()) > 0.99
 
 
+def _grid_sample_warp(bg: torch.Tensor, weight: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor):
+    """The translation done the general way: an affine grid, bicubic (border) and bilinear (zeros) sampling."""
+    import torch.nn.functional as F
+
+    n, _, h, w = bg.shape
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, 0, 2], theta[:, 1, 2] = -2.0 * dx / w, -2.0 * dy / h
+    grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
+    return (F.grid_sample(bg, grid, mode="bicubic", padding_mode="border", align_corners=False).clamp(0, 1),
+            F.grid_sample(weight, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
+
+
+@pytest.mark.parametrize("dx,dy", [(1.3, 0.2), (-2.7, 3.5), (0.0, -0.4), (5.0, 0.0), (0.5, -1.25),
+                                   (70.0, 3.0), (-90.5, -2.2), (10.0, -400.0)])
+def test_state_warp_matches_bicubic_and_bilinear_grid_sampling(dx, dy):
+    gen = torch.Generator().manual_seed(3)
+    bg, weight = torch.rand(2, 6, 40, 64, generator=gen), torch.rand(2, 1, 40, 64, generator=gen)
+    want = _grid_sample_warp(bg, weight, torch.tensor([dx, dx]), torch.tensor([dy, dy]))
+    got = motion.warp_state(bg, weight, dx, dy)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and float((a - b).abs().max()) < 1e-4
+
+
+def test_state_warp_moves_each_clip_of_a_batch_by_its_own_motion():
+    gen = torch.Generator().manual_seed(4)
+    bg, weight = torch.rand(3, 6, 32, 48, generator=gen), torch.rand(3, 1, 32, 48, generator=gen)
+    dx, dy = torch.tensor([0.5, -1.25, 0.0]), torch.tensor([2.0, 0.1, 0.0])
+    for a, b in zip(motion.warp_state(bg, weight, dx, dy), _grid_sample_warp(bg, weight, dx, dy)):
+        assert float((a - b).abs().max()) < 1e-4
+
+
 def test_a_cut_from_day_to_night_is_a_cut_and_a_still_scene_is_not():
     a, b = _texture(360, 640, seed=2), 0.15 * _texture(360, 640, seed=3)
     cut = motion.estimate(motion.reduced_grey(a), motion.reduced_grey(b), 640)

@@ -201,6 +201,21 @@ def test_the_fleets_counting_engine_passes_the_video_network_through(engine):
     assert out.shape == (3, 3, 48, 64) and counting.frames == 3
 
 
+def test_a_still_cameras_motion_noise_is_summed_until_it_is_worth_moving_the_state(engine, monkeypatch):
+    from unweather import motion
+
+    moves = iter([0.1, 0.1, 0.1, -0.05, 3.0])
+    warps: list[tuple[float, float]] = []
+    real_warp = motion.warp_state
+    monkeypatch.setattr(motion, "estimate", lambda prev, grey, width: motion.Motion(dx=next(moves)))
+    monkeypatch.setattr(motion, "warp_state",
+                        lambda bg, w, dx, dy: warps.append((dx, dy)) or real_warp(bg, w, dx, dy))
+    session = VideoSession(engine)
+    session(torch.rand(6, 3, 48, 64))
+    # 0.1 + 0.1 + 0.1 reaches a quarter pixel at the 4th frame; then -0.05 waits and is added to the pan.
+    assert [round(dx, 6) for dx, _ in warps] == [0.3, 2.95]
+
+
 # -- --temporal ------------------------------------------------------------------------------------------------
 
 

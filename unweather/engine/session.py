@@ -13,6 +13,9 @@ import torch
 from unweather import motion
 from unweather.engine.base import Engine
 
+# The smallest summed motion (pixels) for which the state is moved.
+_MIN_SHIFT = 0.25
+
 
 class VideoSession:
     """Runs `engine` over one stream's frames in order, carrying a video network's state.
@@ -30,6 +33,7 @@ class VideoSession:
         self.cut_threshold = cut_threshold
         self.state: tuple[torch.Tensor, torch.Tensor] | None = None
         self._prev_grey = None
+        self._pending = (0.0, 0.0)
         self.resets: dict[str, int] = {}
 
     @property
@@ -43,6 +47,7 @@ class VideoSession:
             self.resets[reason] = self.resets.get(reason, 0) + 1
         self.state = None
         self._prev_grey = None
+        self._pending = (0.0, 0.0)
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         """Restore a batch (N, 3, H, W) of consecutive frames of this stream, in order."""
@@ -59,7 +64,13 @@ class VideoSession:
             if moved.is_cut(self.cut_threshold):
                 self.reset("cut")
             else:
-                self.state = motion.warp_state(*self.state, moved.dx, moved.dy)
+                # A still camera's estimate is a few hundredths of a pixel of noise: resampling the state
+                # for it every frame costs time and softens it. Motion is summed until it is worth a move.
+                dx, dy = self._pending[0] + moved.dx, self._pending[1] + moved.dy
+                if max(abs(dx), abs(dy)) >= _MIN_SHIFT:
+                    self.state = motion.warp_state(*self.state, dx, dy)
+                    dx, dy = 0.0, 0.0
+                self._pending = (dx, dy)
         if self.state is None:
             self.state = self.engine.empty_state(frame)
         self._prev_grey = grey

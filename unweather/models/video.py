@@ -102,9 +102,12 @@ class TemporalFusion(nn.Module):
         known = torch.clamp(weight * 8.0, max=1.0)
         xm = f + known * (xm - f)
         evidence = weight * (1.0 / self.config.max_weight)
-        dxf, dxb, dfb, dxm, dfm, dbm = x - f, x - bg, f - bg, x - xm, f - xm, bg - xm
-        full = torch.cat([x, f, bg, xm, dxf, dxb, dfb, dxm, dfm, dbm, evidence], dim=1)
-        small = F.avg_pool2d(full, self.scale)
+        dxf, dxb, dxm, dfm = x - f, x - bg, x - xm, f - xm
+        # Pooling is linear: the pooled differences are the differences of the pooled maps (13 channels
+        # pooled instead of 31, and no full-resolution concatenation of all of them).
+        sx, sf, sb, sm, se = F.avg_pool2d(torch.cat([x, f, bg, xm, evidence], dim=1), self.scale).split(
+            [3, 3, 3, 3, 1], dim=1)
+        small = torch.cat([sx, sf, sb, sm, sx - sf, sx - sb, sf - sb, sx - sm, sf - sm, sb - sm, se], dim=1)
         context = F.interpolate(self.context(small), scale_factor=float(self.scale), mode="bilinear",
                                 align_corners=False)
         logits = context + self.detail(torch.cat([dxf, dxb, dxm, dfm, evidence], dim=1))
