@@ -81,6 +81,14 @@ def test_videos_and_streams_default_to_the_video_student_when_it_is_shipped(ship
     assert sources.SHIPPED["video"] == "video_small"
     assert sources.default_model("cpu", video=True) == "video"
     assert sources.default_model("cpu") == "fast"
+    # Still images get the larger student on every device, falling back to fast where it is not shipped.
+    with caplog.at_level(logging.WARNING, logger="unweather"):
+        assert sources.default_model("cpu", still=True) == "fast"
+    assert "'quality' weights are not shipped" in caplog.text
+    (shipped / "quality.safetensors").write_bytes(b"")
+    assert sources.default_model("cpu", still=True) == "quality"
+    assert model_name(RunConfig(device="cpu"), video=False) == "quality"
+    caplog.clear()
     assert [is_video_input(s) for s in ("clip.mp4", "rtsp://cam/1", "/dev/video0", "photo.jpg")] == [
         True, True, True, False]
     assert model_name(RunConfig(device="cpu"), video=True) == "video"
@@ -101,7 +109,7 @@ def test_run_help_says_what_the_default_is(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "video student `video`" in text and "`fast` on the CPU" in text
+    assert "video student `video`" in text and "`fast` on the CPU" in text and "images: `quality`" in text
 
 
 def test_is_video_model_tells_video_networks_without_loading_them(tmp_path):

@@ -119,19 +119,22 @@ def load_network(source: ModelSource, trusted: bool = False) -> nn.Module:
     raise UnweatherError(f"{source.name} is a {source.kind} file, not a torch network")
 
 
-def default_model(device: str | torch.device | None = None, video: bool = False) -> str:
+def default_model(device: str | torch.device | None = None, video: bool = False, still: bool = False) -> str:
     """The model to use when none is named.
 
-    Frames (images, and videos when `video` is False): "quality" on CUDA, "fast" on the CPU. When the
-    preferred weights are not shipped, the other shipped frame weights are used, then "identity";
-    either fallback is logged as a warning, never silent. Videos and streams (`video`): "video" when its
-    weights are shipped, else the frame model, without a word (the video student is optional).
+    Frames (videos when `video` is False): "quality" on CUDA, "fast" on the CPU. Still images (`still`):
+    "quality" on every device, as nothing has to keep up with a frame rate and it does far less harm
+    where there is no weather (a night city's lit windows: 34.6 dB against its input, 22 with "fast").
+    When the preferred weights are not shipped, the other shipped frame weights are used, then
+    "identity"; either fallback is logged as a warning, never silent. Videos and streams (`video`):
+    "video" when its weights are shipped, else the frame model, without a word (the video student is
+    optional).
     """
     if video and shipped_weights("video").is_file():
         return "video"
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    preferred = "quality" if torch.device(device).type == "cuda" else "fast"
+    preferred = "quality" if still or torch.device(device).type == "cuda" else "fast"
     other = "fast" if preferred == "quality" else "quality"
     if shipped_weights(preferred).is_file():
         return preferred

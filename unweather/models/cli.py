@@ -76,8 +76,8 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 # What each shipped weights file is for (the file's own metadata gives its network and training).
-SHIPPED_ROLES = {"fast": "the small student, for real time on a CPU; the default there for images",
-                 "quality": "the larger student, for GPUs and offline work; the default on a GPU for images",
+SHIPPED_ROLES = {"fast": "the small student, for real time on a CPU",
+                 "quality": "the larger student, for GPUs and offline work; the default for images",
                  "video": "the video student (fast's network and a temporal state), for real time; the "
                           "default for videos and streams"}
 

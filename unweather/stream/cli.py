@@ -52,8 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "inputs a folder, DIR/, that gets one output per input named after it")
     p.add_argument("--model", help="registry name, shipped weights (fast, quality, video), checkpoint, .onnx or "
                                    "engine file (default: videos and streams: the video student `video`, which "
-                                   "carries a state from frame to frame, when it is shipped; images, and videos "
-                                   "without it: `fast` on the CPU, `quality` on a GPU)")
+                                   "carries a state from frame to frame, when it is shipped (else `fast` on the CPU, "
+                                   "`quality` on a GPU); images: `quality`, which does the least harm where there "
+                                   "is no weather)")
     p.add_argument("--backend", default="auto", help="torch, onnxruntime, tensorrt or auto (default)")
     p.add_argument("--precision", help="fp32, fp16, bf16 or int8 (default: the backend's choice; bf16 on the CPU "
                                        "needs native bf16: AVX-512 bf16 or AMX; int8 runs an int8 ONNX graph in "

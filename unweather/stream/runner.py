@@ -37,14 +37,14 @@ def is_video_input(spec: str) -> bool:
 
 
 def model_name(config: RunConfig, video: bool = False) -> str:
-    """The model `config` names, or the package's default for the input (`video`: a video or a stream)
-    and the device when it names none (see `unweather.engine.default_model`)."""
+    """The model `config` names, or the package's default for the input (`video`: a video or a stream;
+    else still images) and the device when it names none (see `unweather.engine.default_model`)."""
     if config.model is not None:
         return config.model
     import unweather.engine as engines
 
     default = getattr(engines, "default_model", None)
-    return default(config.device, video=video) if default is not None else "identity"
+    return default(config.device, video=video, still=not video) if default is not None else "identity"
 
 
 def temporal_refusal(config: RunConfig, video: bool) -> str | None:
