@@ -194,6 +194,15 @@ fast_clean() {
         --ke-steps "$FAST_CLEAN_STEPS" --lr 5e-5 "${CORPUS_SET[@]}" --set data.clean_per_batch=12 \
         --init unweather/weights/fast.safetensors
 }
+# Lit windows added at the scene's own exposure to 30 % of samples (clean and weather; `lit_scene`): small bright
+# lights that are scene content, on scenes that are not dark. Starts from the shipped fast.
+FAST_LIGHTS_STEPS=${FAST_LIGHTS_STEPS:-600}
+fast_lights() {
+    [[ -f $CORPUS_META/prepare.json ]] || corpus_data
+    RUN_META=$CORPUS_META run fast_lights student --model student_small --direct --crop 160 --kc-steps 0 \
+        --ke-steps "$FAST_LIGHTS_STEPS" --lr 5e-5 "${CORPUS_SET[@]}" --set data.lights=0.3 \
+        --init unweather/weights/fast.safetensors
+}
 # The video student: the frame student (VIDEO_FRAME, default the shipped fast) frozen, its temporal fusion
 # trained on clips cut from the corpus photos (still, pan, zoom, shake, cuts) with weather drawn afresh
 # every frame, validated on clips of the validation photos.

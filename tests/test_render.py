@@ -98,3 +98,19 @@ def test_night_scenes_are_dark_with_small_bright_lights_and_stay_pairs():
     assert np.array_equal(target, inp) and np.median(target) < 0.5 * np.median(img)
     target, inp = render.training_sample(img, "rain", np.random.default_rng(4), cam=cam)
     assert not np.array_equal(target, inp) and np.median(target) < 0.5 * np.median(img)
+
+
+def test_lit_scenes_keep_their_exposure_and_their_lights_are_in_the_target_too():
+    img = photo_from()
+    lit = render.lit_scene(img, np.random.default_rng(2))
+    assert lit.shape == img.shape and lit.dtype == np.float32
+    assert 0.0 <= lit.min() and lit.max() <= 1.0
+    # The scene as it was, nowhere darker, with lights added on part of it.
+    assert np.all(lit >= np.clip(img, 0, 1) - 1e-6)
+    assert abs(float(np.median(lit)) - float(np.median(img))) < 0.05
+    assert 0.001 < (lit - img > 0.2).any(axis=2).mean() < 0.5
+    cam = render.CameraConfig(lights=1.0, low_light=0.0, noise=0.0, jpeg=0.0)
+    target, inp = render.training_sample(img, "snow", np.random.default_rng(4), cam=cam)
+    # The lights are scene content: in the ground truth, not only in the input.
+    assert (target - img > 0.2).any(axis=2).mean() > 0.001
+    assert not np.array_equal(target, inp)

@@ -53,6 +53,29 @@ class Motion:
         return self.change > threshold
 
 
+class PendingMotion:
+    """Sums the motion between frames until it is worth moving a state: a quarter pixel or more.
+
+    A still camera's estimate is a few hundredths of a pixel of noise: resampling the state for it every
+    frame costs time and softens it. Used alike by the stream and by training clips.
+    """
+
+    min_shift = 0.25
+
+    def __init__(self) -> None:
+        self.dx = 0.0
+        self.dy = 0.0
+
+    def add(self, dx: float, dy: float) -> tuple[float, float]:
+        """Add one frame's motion; return the move to apply now ((0, 0) while it is below the threshold)."""
+        self.dx, self.dy = self.dx + dx, self.dy + dy
+        if max(abs(self.dx), abs(self.dy)) < self.min_shift:
+            return 0.0, 0.0
+        move = (self.dx, self.dy)
+        self.dx = self.dy = 0.0
+        return move
+
+
 def reduced_grey(frame: np.ndarray) -> np.ndarray:
     """A frame (H, W, 3) uint8 or float in [0, 1], as float32 grey at about `_WORK_WIDTH` wide."""
     img = np.asarray(frame)

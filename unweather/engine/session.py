@@ -13,9 +13,6 @@ import torch
 from unweather import motion
 from unweather.engine.base import Engine
 
-# The smallest summed motion (pixels) for which the state is moved.
-_MIN_SHIFT = 0.25
-
 
 class VideoSession:
     """Runs `engine` over one stream's frames in order, carrying a video network's state.
@@ -33,7 +30,7 @@ class VideoSession:
         self.cut_threshold = cut_threshold
         self.state: tuple[torch.Tensor, torch.Tensor] | None = None
         self._prev_grey = None
-        self._pending = (0.0, 0.0)
+        self._pending = motion.PendingMotion()
         self.resets: dict[str, int] = {}
 
     @property
@@ -47,7 +44,7 @@ class VideoSession:
             self.resets[reason] = self.resets.get(reason, 0) + 1
         self.state = None
         self._prev_grey = None
-        self._pending = (0.0, 0.0)
+        self._pending = motion.PendingMotion()
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         """Restore a batch (N, 3, H, W) of consecutive frames of this stream, in order."""
@@ -64,13 +61,9 @@ class VideoSession:
             if moved.is_cut(self.cut_threshold):
                 self.reset("cut")
             else:
-                # A still camera's estimate is a few hundredths of a pixel of noise: resampling the state
-                # for it every frame costs time and softens it. Motion is summed until it is worth a move.
-                dx, dy = self._pending[0] + moved.dx, self._pending[1] + moved.dy
-                if max(abs(dx), abs(dy)) >= _MIN_SHIFT:
+                dx, dy = self._pending.add(moved.dx, moved.dy)
+                if dx or dy:
                     self.state = motion.warp_state(*self.state, dx, dy)
-                    dx, dy = 0.0, 0.0
-                self._pending = (dx, dy)
         if self.state is None:
             self.state = self.engine.empty_state(frame)
         self._prev_grey = grey

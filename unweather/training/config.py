@@ -57,6 +57,8 @@ class DataConfig:
     camera: bool = False
     # With camera: the share of samples turned into night scenes lit by windows and lamps (clean and weather).
     night: float = 0.0
+    # With camera: the share of samples given lit windows at the scene's own exposure (clean and weather).
+    lights: float = 0.0
     # Validation: at most this many pairs per weather, centre-cropped to `val_crop` (0: whole images).
     val_max_pairs: int = 16
     val_crop: int = 256

@@ -183,7 +183,7 @@ def _render_styles(gt: np.ndarray, weather: str | None, rng: np.random.Generator
     if cfg.resynth_recolour:
         gt = _recolour(gt, rng)
     target, degraded = training_sample(gt.astype(np.float32) / 255.0, weather, rng, cfg.render_styles,
-                                       CameraConfig(night=cfg.night) if cfg.camera else None)
+                                       CameraConfig(night=cfg.night, lights=cfg.lights) if cfg.camera else None)
     return to_uint8(target), to_uint8(degraded)
 
 

@@ -371,6 +371,8 @@ class CameraConfig:
     Attributes:
         low_light: probability of an underexposed frame (gamma and exposure, before the weather).
         night: probability of a night scene lit by windows and lamps (`night_lights`, before the weather).
+        lights: probability of lit windows added to the scene at its own exposure (`lit_scene`, before the
+            weather): a dusk city, a lit façade.
         noise: probability of sensor noise (the same noise on ground truth and input).
         noise_sigma: range of the noise's standard deviation in 8-bit levels.
         jpeg: probability of JPEG compression (ground truth and input alike).
@@ -379,6 +381,7 @@ class CameraConfig:
 
     low_light: float = 0.12
     night: float = 0.0
+    lights: float = 0.0
     noise: float = 0.3
     noise_sigma: tuple[float, float] = (0.5, 4.0)
     jpeg: float = 0.3
@@ -390,15 +393,9 @@ def low_light(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (np.clip(img, 0, 1) ** rng.uniform(1.0, 1.8) * rng.uniform(0.15, 0.5)).astype(np.float32)
 
 
-def night_lights(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The scene at night with lit windows and lamps: many small, bright, sharp lights that are not weather.
-
-    Façades get grids of windows lit at random in warm or cool tones; lamps are bright discs with a glow.
-    Without such scenes a network takes a night city's lights for snow or rain and darkens them.
-    """
-    h, w = img.shape[:2]
-    dark = (np.clip(img, 0, 1) ** rng.uniform(1.2, 2.0) * rng.uniform(0.08, 0.35)).astype(np.float32)
-    lights = np.zeros_like(dark)
+def _lights(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Lit windows (grids of small rectangles on façades) and lamps (bright discs with a glow), (h, w, 3) each."""
+    lights = np.zeros((h, w, 3), np.float32)
     tones = np.float32([[1.0, 0.85, 0.6], [0.75, 0.9, 1.0], [0.7, 1.0, 0.85], [1.0, 1.0, 0.95]])
     for _ in range(int(rng.integers(1, 5))):
         bw, bh = int(rng.uniform(0.1, 0.5) * w), int(rng.uniform(0.2, 0.9) * h)
@@ -410,13 +407,35 @@ def night_lights(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
             for x in range(x0, x0 + bw - win_w, gap_x):
                 if rng.random() < lit:
                     lights[y:y + win_h, x:x + win_w] = tone * rng.uniform(0.5, 1.0)
-    lamps = np.zeros_like(dark)
+    lamps = np.zeros((h, w, 3), np.float32)
     for _ in range(int(rng.integers(0, 12))):
         centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
         tone = tones[int(rng.integers(len(tones)))] * rng.uniform(0.7, 1.0)
         cv2.circle(lamps, centre, int(rng.integers(1, 5)), tuple(float(c) for c in tone), -1, cv2.LINE_AA)
     glow = cv2.GaussianBlur(lamps, (0, 0), rng.uniform(3.0, 10.0)) * rng.uniform(0.5, 2.0)
-    return np.clip(np.maximum(dark, lights) + lamps + glow, 0, 1).astype(np.float32)
+    return lights, lamps + glow
+
+
+def night_lights(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The scene at night with lit windows and lamps: many small, bright, sharp lights that are not weather.
+
+    Façades get grids of windows lit at random in warm or cool tones; lamps are bright discs with a glow.
+    Without such scenes a network takes a night city's lights for snow or rain and darkens them.
+    """
+    dark = (np.clip(img, 0, 1) ** rng.uniform(1.2, 2.0) * rng.uniform(0.08, 0.35)).astype(np.float32)
+    lights, lamps = _lights(*img.shape[:2], rng)
+    return np.clip(np.maximum(dark, lights) + lamps, 0, 1).astype(np.float32)
+
+
+def lit_scene(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The scene at its own exposure with grids of lit windows added: small bright lights that are not weather.
+
+    A real dusk or night city is often not dark overall (lit glass façades, a bright sky); a network that
+    saw lights only on dark scenes still took such a frame's windows for snow. Lamps are left out here:
+    a lone glowing disc on a lit scene is what a snowflake looks like.
+    """
+    lights, _ = _lights(*img.shape[:2], rng)
+    return np.clip(np.maximum(np.clip(img, 0, 1), lights), 0, 1).astype(np.float32)
 
 
 def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
@@ -456,6 +475,8 @@ def training_sample(clean: np.ndarray, weather: str | None, rng: np.random.Gener
     """
     if cam is not None and cam.night > 0 and rng.random() < cam.night:
         clean = night_lights(clean, rng)
+    elif cam is not None and cam.lights > 0 and rng.random() < cam.lights:
+        clean = lit_scene(clean, rng)
     elif cam is not None and rng.random() < cam.low_light:
         clean = low_light(clean, rng)
     degraded = clean if weather is None else render(clean, weather, rng, str(rng.choice(list(styles))))

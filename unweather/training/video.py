@@ -141,14 +141,21 @@ def weather_clip(clean: np.ndarray, spec: ClipSpec, rng: np.random.Generator) ->
 
 
 def shifts(frames: np.ndarray) -> np.ndarray:
-    """(frames, 3): the global motion (dx, dy) into each frame and whether it is a cut (frame 0: none)."""
+    """(frames, 3): the state's move (dx, dy) into each frame and whether it is a cut (frame 0: none).
+
+    As in the stream (`unweather.engine.session`): the estimated motion, summed until it reaches a quarter
+    pixel (`motion.PendingMotion`), the sum restarted after a cut.
+    """
     out = np.zeros((len(frames), 3), np.float32)
-    prev = None
+    prev, pending = None, motion.PendingMotion()
     for t, frame in enumerate(frames):
         grey = motion.reduced_grey(frame)
         if prev is not None:
             m = motion.estimate(prev, grey, frame.shape[1])
-            out[t] = (m.dx, m.dy, float(m.is_cut()))
+            if m.is_cut():
+                out[t, 2], pending = 1.0, motion.PendingMotion()
+            else:
+                out[t, :2] = pending.add(m.dx, m.dy)
         prev = grey
     return out
 
