@@ -14,9 +14,10 @@ the held-out one:
 - the real clean clip of the corpus (a night city, two shots), when fetched: PSNR against its input.
 
 Every method runs in the same process on the same clips: the input, the median, `fast`, `fast` with
-`--temporal 0.8`, and the video student. Frames before the fifth (the median's warm-up) are not scored.
+`--temporal 0.8`, and the video students (`video`, and `video_quality` when shipped). Frames before the
+fifth (the median's warm-up) are not scored.
 
-    python3 benchmarks/video.py --corpus data/corpus_meta [--video PATH] [--frame PATH] [--scenes 3]
+    python3 benchmarks/video.py --corpus data/corpus_meta [--video PATH...] [--frame PATH] [--scenes 3]
 
 Writes benchmarks/results/video.json and video.md, with the machine, versions and git commit.
 """
@@ -174,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clip", type=Path, default=None,
                         help="the real clean clip (default: data/corpus/clips/'s video, when fetched)")
     parser.add_argument("--frame", type=Path, default=ROOT / "unweather" / "weights" / "fast.safetensors")
-    parser.add_argument("--video", type=Path, default=ROOT / "unweather" / "weights" / "video.safetensors")
+    parser.add_argument("--video", type=Path, nargs="+",
+                        default=[ROOT / "unweather" / "weights" / f"{n}.safetensors"
+                                 for n in ("video", "video_quality")],
+                        help="video students, each a column named after its file (default: the shipped ones)")
     parser.add_argument("--scenes", type=int, default=3)
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--clip-frames", type=int, default=100)
@@ -190,10 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     frame_net = load_checkpoint(args.frame).eval()
     methods: dict[str, Method] = {"input": lambda f: f, "median5": median5,
                                   "fast": frame_method(frame_net), "fast+temporal0.8": frame_method(frame_net, 0.8)}
-    if args.video.is_file():
-        methods["video"] = video_method(load_checkpoint(args.video).eval())
-    else:
-        print(f"note: no video student at {args.video}; comparing the others", file=sys.stderr)
+    for path in args.video:
+        if path.is_file():
+            methods[path.stem] = video_method(load_checkpoint(path).eval())
+        else:
+            print(f"note: no video student at {path}; comparing the others", file=sys.stderr)
 
     paths = scenes(args.corpus, args.scenes)
     if not paths:

@@ -251,6 +251,21 @@ video_reset_long() {
     video_run video_reset_long "$MODELS/video_reset.safetensors" --steps "$VIDEO_RESET_LONG_STEPS" --lr 2e-4 \
         --frames 12 "${VIDEO_REFIT[@]}"
 }
+# Flicker on still cameras (2-5 levels, the clean clip's is 0): 16-frame clips, the consistency term 3x stronger.
+VIDEO_STEADY_STEPS=${VIDEO_STEADY_STEPS:-300}
+video_steady() {
+    [[ -f "$MODELS/video_reset_long.safetensors" ]] || video_reset_long
+    video_run video_steady "$MODELS/video_reset_long.safetensors" --steps "$VIDEO_STEADY_STEPS" --lr 1e-4 \
+        --frames 16 --clean-share 0.3 --consistency 3.0 --val-every 100
+}
+# The larger variant (GPUs, offline work): quality's frame network in video_reset_long's fusion, refitted.
+VIDEO_QUALITY_STEPS=${VIDEO_QUALITY_STEPS:-300}
+video_quality() {
+    [[ -f "$MODELS/video_reset_long.safetensors" ]] || video_reset_long
+    video_run video_quality "$MODELS/video_reset_long.safetensors" --model video_base \
+        --frame unweather/weights/quality.safetensors --steps "$VIDEO_QUALITY_STEPS" --lr 1e-4 --frames 12 \
+        "${VIDEO_REFIT[@]}"
+}
 corpus_lanes() {
     corpus_data
     fast_corpus &

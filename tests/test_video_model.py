@@ -204,3 +204,31 @@ def test_the_input_memory_keeps_what_stays_and_barely_follows_what_flashes():
     moved = (state[:, 3:] - scene).abs()
     assert float(moved.max()) <= step + 1e-6
     assert float(moved[..., 10:12, 10:12].min()) > 0 and float(moved[..., 16:, 16:].max()) < 1e-5
+
+
+def test_a_fusion_trained_over_one_frame_network_is_built_around_another(tmp_path):
+    torch.manual_seed(5)
+    small = build("video_small")
+    with torch.no_grad():
+        for p in small.fusion.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    save(small, tmp_path / "video.safetensors")
+    save(build("student_base"), tmp_path / "quality.safetensors")
+    cfg = V.VideoTrainConfig(images=[tmp_path], init=str(tmp_path / "video.safetensors"),
+                             frame=str(tmp_path / "quality.safetensors"), arch="video_base",
+                             run_dir=str(tmp_path / "run"), out=str(tmp_path / "out.safetensors"))
+    model = V.build_video(cfg).eval()
+    frame = load_checkpoint(tmp_path / "quality.safetensors")
+    assert model.arch == "video_base" and model.frame.arch == "student_base"
+    for got, want in zip(model.fusion.state_dict().values(), small.fusion.state_dict().values()):
+        assert torch.equal(got, want)
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        y, _, _ = model(x, *model.initial_state(x))
+        # The new frame network's estimate, fused as the old fusion does it.
+        assert torch.allclose(y, small.fusion(x, frame(x), *model.initial_state(x))[0], atol=1e-5)
+    # Saved and loaded again, it is the same network.
+    save(model, tmp_path / "out.safetensors")
+    again = load_checkpoint(tmp_path / "out.safetensors")
+    with torch.no_grad():
+        assert torch.allclose(again(x, *model.initial_state(x))[0], y, atol=1e-3)

@@ -93,7 +93,14 @@ def test_videos_and_streams_default_to_the_video_student_when_it_is_shipped(ship
         True, True, True, False]
     assert model_name(RunConfig(device="cpu"), video=True) == "video"
     assert model_name(RunConfig(device="cpu", model="fast"), video=True) == "fast"
+    # The larger video student, where shipped, is the default on a GPU; the CPU keeps the real-time one.
+    (shipped / "video_quality.safetensors").write_bytes(b"")
+    assert sources.SHIPPED["video_quality"] == "video_base"
+    assert sources.default_model("cuda", video=True) == "video_quality"
+    assert sources.default_model("cpu", video=True) == "video"
     (shipped / "video.safetensors").unlink()
+    assert sources.default_model("cpu", video=True) == "video_quality"
+    (shipped / "video_quality.safetensors").unlink()
     with caplog.at_level(logging.WARNING, logger="unweather"):
         assert sources.default_model("cpu", video=True) == "fast"
     assert not caplog.records, "an installation without the video student gets its frame model without a word"

@@ -21,7 +21,7 @@ def open(model: str | os.PathLike[str] | None = None, backend: str = "auto",
 
     Args:
         model: a registry name ("student_small", "msbdn", ...), shipped weights ("fast",
-            "quality", "video"), a checkpoint (.safetensors, .pth, .pt), an ONNX file (.onnx) or a
+            "quality", "video", "video_quality"), a checkpoint (.safetensors, .pth, .pt), an ONNX file (.onnx) or a
             TensorRT engine (.plan, .engine). None: `default_model(device)`. A video network's
             engine is `stateful`: run it over a stream with `unweather.engine.session.VideoSession`.
         backend: "auto", "torch", "onnxruntime" or "tensorrt". "auto" picks TensorRT when it and a

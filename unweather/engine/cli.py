@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "frames, and refuses it below --min-psnr against the FP32 graph, naming the convolutions to keep "
                     "in float.",
         epilog=_EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="registry name, shipped weights (fast, quality, video) or checkpoint "
+    p.add_argument("--model", help="registry name, shipped weights (fast, quality, video, video_quality) or checkpoint "
                                    "(default: the default model for the CPU); a video network's graph takes and "
                                    "returns its state too (input, background, weight -> output, background_out, "
                                    "weight_out)")

@@ -21,7 +21,7 @@ from unweather.errors import UnweatherError
 logger = logging.getLogger(__name__)
 
 # Shipped weight names and the architecture each holds. "video" is stored in float16 and loads as float32.
-SHIPPED = {"fast": "student_small", "quality": "student_base", "video": "video_small"}
+SHIPPED = {"fast": "student_small", "quality": "student_base", "video": "video_small", "video_quality": "video_base"}
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
@@ -53,7 +53,7 @@ def weights_dir() -> Path:
 
 
 def shipped_weights(name: str) -> Path:
-    """The file of shipped weights `name` ("fast", "quality" or "video"), whether or not it exists."""
+    """The file of shipped weights `name` (a key of `SHIPPED`), whether or not it exists."""
     return weights_dir() / f"{name}.safetensors"
 
 
@@ -127,13 +127,17 @@ def default_model(device: str | torch.device | None = None, video: bool = False,
     where there is no weather (a night city's lit windows: 34.6 dB against its input, 22 with "fast").
     When the preferred weights are not shipped, the other shipped frame weights are used, then
     "identity"; either fallback is logged as a warning, never silent. Videos and streams (`video`):
-    "video" when its weights are shipped, else the frame model, without a word (the video student is
-    optional).
+    "video_quality" (quality's frame network) on CUDA and "video" (fast's, real time on a CPU) elsewhere,
+    when shipped, else the other video student, else the frame model, without a word (the video
+    students are optional).
     """
-    if video and shipped_weights("video").is_file():
-        return "video"
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if video:
+        order = ("video_quality", "video") if torch.device(device).type == "cuda" else ("video", "video_quality")
+        for name in order:
+            if shipped_weights(name).is_file():
+                return name
     preferred = "quality" if still or torch.device(device).type == "cuda" else "fast"
     other = "fast" if preferred == "quality" else "quality"
     if shipped_weights(preferred).is_file():

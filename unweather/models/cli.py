@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this area's subcommands."""
     parser = subparsers.add_parser(
         "models",
-        help="list the shipped weights (fast, quality, video) and the networks: parameters, FLOPs per pixel, taps",
+        help="list the shipped weights (fast, quality, video, video_quality) and the networks: parameters, "
+             "FLOPs per pixel, taps",
         description="List the trained weights shipped with the package (what --model fast, quality and video "
         "load), then the registered networks with their parameters, FLOPs per pixel (a multiply-add counts 2), "
         "the size multiple frames are padded to, and the channels of their four feature taps.",
@@ -79,7 +80,9 @@ def _parse_size(text: str) -> tuple[int, int]:
 SHIPPED_ROLES = {"fast": "the small student, for real time on a CPU",
                  "quality": "the larger student, for GPUs and offline work; the default for images",
                  "video": "the video student (fast's network and a temporal state), for real time; the "
-                          "default for videos and streams"}
+                          "default for videos and streams on a CPU",
+                 "video_quality": "the larger video student (quality's network and a temporal state), for GPUs "
+                                  "and offline work; the default for videos and streams on a GPU"}
 
 
 def describe_weights() -> list[dict[str, object]]:

@@ -50,9 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", metavar="OUTPUT",
                    help="where to write (default: beside the input, e.g. clip.unweather.mp4); with several "
                         "inputs a folder, DIR/, that gets one output per input named after it")
-    p.add_argument("--model", help="registry name, shipped weights (fast, quality, video), checkpoint, .onnx or "
-                                   "engine file (default: videos and streams: the video student `video`, which "
-                                   "carries a state from frame to frame, when it is shipped (else `fast` on the CPU, "
+    p.add_argument("--model", help="registry name, shipped weights (fast, quality, video, video_quality), "
+                                   "checkpoint, .onnx or engine file (default: videos and streams: the video student "
+                                   "`video` on the CPU, `video_quality` on a GPU, which carry a state from frame to "
+                                   "frame, when shipped (else `fast` on the CPU, "
                                    "`quality` on a GPU); images: `quality`, which does the least harm where there "
                                    "is no weather)")
     p.add_argument("--backend", default="auto", help="torch, onnxruntime, tensorrt or auto (default)")

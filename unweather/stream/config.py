@@ -58,7 +58,7 @@ class RunConfig:
     """Settings of one `unweather.stream.run`.
 
     Attributes:
-        model: registry name, shipped weights ("fast", "quality", "video"), checkpoint, .onnx or engine
+        model: registry name, shipped weights ("fast", "quality", "video", "video_quality"), checkpoint, .onnx or engine
             file; None: the package's default for the input and device (`unweather.engine.default_model`:
             "video" for videos and streams when it is shipped, else "fast" on the CPU, "quality" on CUDA).
         backend, precision, device: passed to `unweather.engine.open` (None/"auto": its choice).

@@ -331,14 +331,25 @@ def validate(model: VideoStudent, clips: Sequence[tuple[str, np.ndarray, np.ndar
 
 
 def build_video(cfg: VideoTrainConfig) -> VideoStudent:
-    """The video student with the frame student's weights from `cfg.init` (or a whole video checkpoint)."""
+    """The video student with the frame student's weights from `cfg.init` (or a whole video checkpoint).
+
+    With a video checkpoint and `cfg.frame`, the frame network is replaced: of the same architecture, in
+    place; of another one (quality's in a fusion trained over fast's), a `cfg.arch` network is built around
+    it with the checkpoint's fusion (the fusion sees only images, so it carries over).
+    """
     init = load_checkpoint(cfg.init)
     if isinstance(init, VideoStudent):
         if cfg.frame:
             frame = load_checkpoint(cfg.frame)
-            if getattr(frame, "arch", None) != init.frame.arch:
-                raise UnweatherError(f"--frame {cfg.frame} is a {getattr(frame, 'arch', '?')} network; "
-                                     f"{cfg.init}'s frame network is a {init.frame.arch}")
+            arch = getattr(frame, "arch", None)
+            if arch is None or isinstance(frame, VideoStudent):
+                raise UnweatherError(f"--frame {cfg.frame} is not a frame network")
+            if arch != init.frame.arch:
+                model = build(cfg.arch, frame_arch=arch, frame_options=dict(getattr(frame, "arch_options", {})),
+                              **dataclasses.asdict(init.fusion.config))
+                model.frame.load_state_dict(frame.state_dict())
+                model.fusion.load_state_dict(init.fusion.state_dict())
+                return model
             init.frame.load_state_dict(frame.state_dict())
         return init
     if cfg.frame:
