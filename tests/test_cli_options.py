@@ -277,6 +277,7 @@ TABLE: dict[tuple[str, str], list[Effect | Refused]] = {
     ("train teacher", "--weather"): [E("--weather", "snow", mode="train teacher")],
     ("train teacher", "--epochs"): [E("--epochs", "2", mode="train teacher")],
     ("train teacher", "--steps"): [E("--steps", "2", mode="train teacher")],
+    ("train teacher", "--init"): [E("--init", "init.safetensors", mode="train teacher")],
     ("train student", "--teachers"): [E("--teachers", "rain=copy_rain.safetensors", "teacher_snow.safetensors",
                                         "teacher_haze.safetensors", mode="train student")],
     ("train student", "--kc-epochs"): [E("--kc-epochs", "2", mode="train student")],

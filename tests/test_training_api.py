@@ -110,3 +110,24 @@ def test_teachers_must_be_a_collection():
     with pytest.raises(UnweatherError, match="mapping"):
         api.teacher_specs("r.safetensors")
     assert api.default_run_dir("out/student.safetensors") == Path("runs") / "student"
+
+
+def test_a_teacher_can_start_from_a_trained_network_of_its_architecture(meta_dir, tmp_path):
+    from unweather.cli import main
+    from unweather.models import load_checkpoint, read_metadata
+
+    cfg = _cfg(meta_dir, TEACHER_OPTIONS, teacher=True)
+    first = api.train_teacher(cfg, "rain", tmp_path / "first.safetensors", run_dir=tmp_path / "a", device="cpu")
+    cfg.optim.lr, cfg.log.output = 1e-12, "last"
+    again = api.train_teacher(cfg, "rain", tmp_path / "again.safetensors", run_dir=tmp_path / "b", device="cpu",
+                              init=first)
+    assert read_metadata(again)["init"] == str(first)
+    before, after = load_checkpoint(first).state_dict(), load_checkpoint(again).state_dict()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    # Another architecture is refused in one line, before any step.
+    other = api.train_student(_cfg(meta_dir, STUDENT_OPTIONS), tmp_path / "s.safetensors", direct=True,
+                              run_dir=tmp_path / "s", device="cpu")
+    assert main(["train", "teacher", "--weather", "rain", "--meta-dir", str(meta_dir), "--preset", "tiny",
+                 "--init", str(other), "-o", str(tmp_path / "x.safetensors"), "--run-dir", str(tmp_path / "x"),
+                 "--device", "cpu", "--no-progress"]) == 1
+    assert not (tmp_path / "x.safetensors").exists()

@@ -41,7 +41,7 @@ Teachers = Mapping[str, str | Path] | Sequence[str | Path]
 
 
 def train_teacher(cfg: TrainConfig, weather: str, output: str | Path, *, run_dir: str | Path | None = None,
-                  resume: bool = False, device: str = "auto") -> Path:
+                  resume: bool = False, device: str = "auto", init: str | Path | None = None) -> Path:
     """Train a teacher (`cfg.model.arch`) on one data set of `cfg.data.meta_dir`.
 
     Args:
@@ -51,6 +51,8 @@ def train_teacher(cfg: TrainConfig, weather: str, output: str | Path, *, run_dir
         run_dir: checkpoints, logs and the resolved configuration (default `runs/<output name>`).
         resume: continue from the run directory's last checkpoint.
         device: `auto` (CUDA when available), `cpu`, `cuda`, `cuda:1`...
+        init: start from this network of the same architecture (e.g. a trained all-weather student
+            that the teacher then specialises); layers an option adds start neutral.
 
     Returns:
         The path of the written network.
@@ -76,11 +78,15 @@ def train_teacher(cfg: TrainConfig, weather: str, output: str | Path, *, run_dir
     if steps <= 0:
         raise UnweatherError("the teacher needs a length: --steps, --epochs or the preset's schedule")
     net = build(cfg.model.arch, **cfg.model.options)
+    if init is not None:
+        _init_from(net, init, cfg.model.arch)
     task = TeacherTask(net, cfg.loss)
     run = default_run_dir(output) if run_dir is None else Path(run_dir)
     _prepare_run_dir(run, cfg, resume)
     valid = data.ValidSet.build(valid_sets, cfg.data, clean=False) if valid_sets else None
     metadata = _base_metadata("teacher", cfg, [weather], _dataset_record([weather], train_sets))
+    if init is not None:
+        metadata["init"] = str(init)
     stage = Stage("teacher", task, steps)
     trainer = Trainer(cfg, net, [stage], batches, valid, run, save, metadata, torch_device,
                       val_every=_every(cfg, batches), warmup=_warmup(cfg, batches))
@@ -161,11 +167,7 @@ def train_student(cfg: TrainConfig, output: str | Path, *, teachers: Teachers = 
                              "preset's schedule")
     student = build(cfg.model.arch, **cfg.model.options)
     if init is not None:
-        start = load_checkpoint(init)
-        if getattr(start, "arch", None) != cfg.model.arch:
-            raise UnweatherError(f"--init {init} is a {getattr(start, 'arch', 'unknown network')}, not the "
-                                 f"{cfg.model.arch} being trained")
-        _load_init(student, start, init, cfg.model.arch)
+        _init_from(student, init, cfg.model.arch)
     teacher_nets = [(w, load_checkpoint(path)) for w, path in teacher_files]
     ckt = None
     if not direct and kc > 0:
@@ -325,6 +327,17 @@ def _base_metadata(role: str, cfg: TrainConfig, weathers: list[str], datasets: d
 
 def _dataset_record(names: list[str], pairs: dict[str, list[Pair]]) -> dict[str, Any]:
     return {name: {"meta": f"{name}_meta_train.json", "pairs": len(pairs[name])} for name in names}
+
+
+def _init_from(net: nn.Module, init: str | Path, arch: str) -> None:
+    """Load `init`'s weights into `net`, which must be of the same architecture (`arch`)."""
+    from unweather.models import load_checkpoint
+
+    start = load_checkpoint(init)
+    if getattr(start, "arch", None) != arch:
+        raise UnweatherError(f"--init {init} is a {getattr(start, 'arch', 'unknown network')}, not the "
+                             f"{arch} being trained")
+    _load_init(net, start, init, arch)
 
 
 def _load_init(student: nn.Module, start: nn.Module, path: str | Path, arch: str) -> None:

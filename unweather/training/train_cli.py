@@ -34,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(teacher, default_model="the preset's model.teacher_arch")
     teacher.add_argument("--epochs", type=float, help="length in epochs of the data set")
     teacher.add_argument("--steps", type=int, help="length in steps (wins over --epochs)")
+    teacher.add_argument("--init", metavar="FILE",
+                         help="start from this network of the same architecture (e.g. the all-weather `quality` "
+                              "student, which the teacher then specialises on its weather)")
     teacher.set_defaults(func=_teacher)
 
     student = stages.add_parser(
@@ -176,7 +179,7 @@ def _teacher(args: argparse.Namespace) -> int:
         cfg.schedule.teacher_steps, cfg.schedule.teacher_epochs = 0, args.epochs
     _threads(args.threads)
     train_teacher(cfg, args.weather, args.output, run_dir=args.run_dir or None, resume=args.resume,
-                  device=args.device)
+                  device=args.device, init=args.init)
     return 0
 
 
