@@ -203,6 +203,21 @@ fast_lights() {
         --ke-steps "$FAST_LIGHTS_STEPS" --lr 5e-5 "${CORPUS_SET[@]}" --set data.lights=0.3 \
         --init unweather/weights/fast.safetensors
 }
+# Teachers on the corpus: each starts from the shipped quality (all weathers) and specialises on its own weather,
+# rendered afresh in the two training styles with the camera on top (a teacher sees no clean pairs). For the
+# two-stage students on the corpus (KC from these teachers, then KE).
+TEACHER_CORPUS_STEPS=${TEACHER_CORPUS_STEPS:-1000}
+teacher_corpus() {
+    local weather=$1
+    [[ -f $CORPUS_META/prepare.json ]] || corpus_data
+    RUN_META=$CORPUS_META run "teacher_${weather}_corpus" teacher --weather "$weather" --steps "$TEACHER_CORPUS_STEPS" \
+        --crop 128 --lr 1e-4 --set "data.resynth=[$weather]" --set 'data.render_styles=[particles, noise]' \
+        --set data.camera=true --set data.val_max_pairs=36 --set data.val_crop=0 --set loss.pixel_balance=none \
+        --set "$GRID_FREE" --set 'optim.lr_scale={haze: 5}' --init unweather/weights/quality.safetensors
+}
+teacher_rain_corpus() { teacher_corpus rain; }
+teacher_snow_corpus() { teacher_corpus snow; }
+teacher_haze_corpus() { teacher_corpus haze; }
 # The video student: the frame student (VIDEO_FRAME, default the shipped fast) frozen, its temporal fusion
 # trained on clips cut from the corpus photos (still, pan, zoom, shake, cuts) with weather drawn afresh
 # every frame, validated on clips of the validation photos.
