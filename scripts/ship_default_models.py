@@ -29,15 +29,16 @@ ROOT = Path(__file__).resolve().parents[1]
 # made grid-free and trained on the corpus with weather in two renderer styles and a third of each batch
 # clean; the video student adds a temporal fusion over `fast`'s frame network.
 SHIPPED = {"fast": ("fast_corpus", None), "quality": ("quality_corpus", torch.float16),
-           "video": ("video_reset_long", torch.float16), "video_quality": ("video_quality", torch.float16)}
+           "video": ("video_steady", torch.float16), "video_quality": ("video_quality", torch.float16)}
 RECORD_FILES = ("config.yaml", "config.json", "metrics.jsonl", "train.log", "result.json", "last.json")
-REPRODUCE = {"fast": "fast_corpus", "quality": "quality_corpus", "video": "video_reset_long",
+REPRODUCE = {"fast": "fast_corpus", "quality": "quality_corpus", "video": "video_steady",
              "video_quality": "video_quality"}
 RUNS = ("teacher_rain", "teacher_snow", "teacher_haze", "student_fast", "student_quality", "student_quality_more",
         "student_quality_polish", "direct_fast", "nomcr_fast", "fast_wide", "quality_wide", "fast_full",
         "fast_haze", "fast_resynth", "fast_recolour", "fast_balanced", "quality_haze", "fast_corpus",
         "quality_corpus", "fast_night", "video_corpus", "video_refit", "video_memory", "video_long", "video_reset",
-        "video_reset_long", "fast_clean", "fast_lights", "video_steady", "video_quality")
+        "video_reset_long", "fast_clean", "fast_lights", "video_steady", "video_quality", "video_quality_steady",
+        "teacher_rain_corpus", "teacher_snow_corpus", "teacher_haze_corpus")
 # video_quality holds quality's frame network again (about 6 MiB in float16).
 LIMIT_BYTES = 16 * 2**20
 

@@ -281,6 +281,12 @@ video_quality() {
         --frame unweather/weights/quality.safetensors --steps "$VIDEO_QUALITY_STEPS" --lr 1e-4 --frames 12 \
         "${VIDEO_REFIT[@]}"
 }
+# video_quality then on 16-frame clips with the stronger consistency term, as video_steady: its snow flickered.
+video_quality_steady() {
+    [[ -f "$MODELS/video_quality.safetensors" ]] || video_quality
+    video_run video_quality_steady "$MODELS/video_quality.safetensors" --model video_base \
+        --steps "$VIDEO_STEADY_STEPS" --lr 1e-4 --frames 16 --clean-share 0.3 --consistency 3.0 --val-every 100
+}
 corpus_lanes() {
     corpus_data
     fast_corpus &
