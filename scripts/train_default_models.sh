@@ -208,7 +208,11 @@ fast_lights() {
 # two-stage students on the corpus (KC from these teachers, then KE).
 TEACHER_CORPUS_STEPS=${TEACHER_CORPUS_STEPS:-1000}
 teacher_corpus() {
-    local weather=$1
+    local weather=$1 kept=training_runs/teacher_${1}_corpus/teacher.safetensors
+    # A finished teacher is kept in the repository (fp16): a fresh machine starts from it instead of retraining.
+    if [[ -f $kept && ! -f $MODELS/teacher_${weather}_corpus.safetensors ]]; then
+        cp "$kept" "$MODELS/teacher_${weather}_corpus.safetensors"
+    fi
     [[ -f $CORPUS_META/prepare.json ]] || corpus_data
     RUN_META=$CORPUS_META run "teacher_${weather}_corpus" teacher --weather "$weather" --steps "$TEACHER_CORPUS_STEPS" \
         --crop 128 --lr 1e-4 --set "data.resynth=[$weather]" --set 'data.render_styles=[particles, noise]' \
