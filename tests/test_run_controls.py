@@ -145,12 +145,18 @@ def test_models_lists_the_shipped_weights_and_takes_width_x_height(capsys) -> No
     assert main(["models", "--size", "64x48", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert (data["width"], data["height"]) == (64, 48)
-    assert [(w["name"], w["arch"]) for w in data["weights"]] == [("fast", "student_small"),
-                                                                  ("quality", "student_base"),
-                                                                  ("video", "video_small")]
-    assert all(w["installed"] and w["size_mb"] > 0 and w["role"] for w in data["weights"])
+    rows = {w["name"]: w for w in data["weights"]}
+    # Every name --model accepts has a row; the three default models are always installed.
+    assert [(n, rows[n]["arch"]) for n in ("fast", "quality", "video")] == [
+        ("fast", "student_small"), ("quality", "student_base"), ("video", "video_small")]
+    assert rows["video_quality"]["arch"] == "video_base"
+    assert all(rows[n]["installed"] for n in ("fast", "quality", "video"))
+    assert all(w["size_mb"] > 0 and w["role"] for w in rows.values() if w["installed"])
     assert main(["models", "--size", "64x48"]) == 0
     out = capsys.readouterr().out
+    for w in rows.values():
+        if not w["installed"]:
+            assert f"{w['name']:<8} {w['arch']} - not in this installation" in out
     assert "shipped weights" in out and "GFLOP/64x48" in out
     assert any(line.split()[:2] == ["fast", "student_small,"] for line in out.splitlines()), out
     assert main(["models", "--size", "64"]) == 1
