@@ -110,6 +110,33 @@ def test_video_student_with_no_history_is_its_frame_estimate_and_keeps_state_sha
     assert float(w2.min()) > 0 and float(w2.max()) <= model.fusion.config.max_weight
 
 
+def test_the_folded_first_convolutions_see_the_maps_differences():
+    # The fusion's first convolutions take the maps and their differences; it folds the differences into
+    # the weights. The same trust maps must come from the differences written out.
+    import torch.nn.functional as F
+
+    torch.manual_seed(3)
+    fusion = build("video_small").fusion.eval()
+    with torch.no_grad():
+        for conv in (fusion.context[0], fusion.detail[-1], fusion.context[-1]):
+            conv.weight.normal_()
+    x, f, bg, xm = (torch.rand(1, 3, 32, 48) for _ in range(4))
+    weight = torch.full((1, 1, 32, 48), 16.0)
+    e = weight / fusion.config.max_weight
+    s = [F.avg_pool2d(t, 4) for t in (x, f, bg, xm, e)]
+    small = torch.cat([*s[:4], s[0] - s[1], s[0] - s[2], s[1] - s[2], s[0] - s[3], s[1] - s[3], s[2] - s[3], s[4]], 1)
+    full = torch.cat([x - f, x - bg, x - xm, f - xm, e], 1)
+    with torch.no_grad():
+        logits = F.interpolate(fusion.context(small), scale_factor=4.0, mode="bilinear") + fusion.detail(full)
+        p = torch.softmax(logits[:, 0:3], dim=1)
+        lam, omega = torch.sigmoid(logits[:, 3:4]), 0.125 + 0.875 * torch.sigmoid(logits[:, 4:5])
+        g = p[:, 0:1] * x + p[:, 1:2] * f + p[:, 2:3] * xm
+        expected = (lam * weight * bg + omega * g) / (lam * weight + omega)
+        y, _, _ = fusion(x, f, torch.cat([bg, xm], 1), weight)
+    assert float((y - expected).abs().max()) < 1e-5
+    assert float((expected - g).abs().max()) > 1e-2  # the history and the trust maps matter here
+
+
 def test_history_of_a_still_scene_pulls_the_output_towards_it():
     model = build("video_small").eval()
     clean = torch.rand(1, 3, 32, 32)

@@ -61,6 +61,29 @@ def _clamp(t: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
     return torch.minimum(torch.maximum(t, -bound), bound)
 
 
+# The inputs of the fusion's first convolutions as combinations of the maps x, f, bg, xm (3 channels each; the
+# evidence, one channel, comes last in both): coefficients of (x, f, bg, xm) per 3-channel input group.
+_CONTEXT_TERMS = ((1, 0, 0, 0), (0, 1, 0, 0), (0, 0, 1, 0), (0, 0, 0, 1), (1, -1, 0, 0), (1, 0, -1, 0),
+                  (0, 1, -1, 0), (1, 0, 0, -1), (0, 1, 0, -1), (0, 0, 1, -1))
+_DETAIL_TERMS = ((1, -1, 0, 0), (1, 0, -1, 0), (1, 0, 0, -1), (0, 1, 0, -1))
+
+
+def _fold(weight: torch.Tensor, terms: tuple[tuple[int, ...], ...]) -> torch.Tensor:
+    """A convolution's weight over combinations of the maps, rewritten as a weight over the maps themselves.
+
+    Args:
+        weight: (out, 3 * len(terms) + 1, k, k), the input groups in the order of `terms`, the evidence last.
+        terms: per 3-channel input group, its coefficient on each of the 3-channel maps.
+
+    Returns:
+        (out, 3 * maps + 1, k, k): the same convolution applied to the maps and the evidence.
+    """
+    groups = weight[:, :-1].unflatten(1, (len(terms), 3))
+    mix = torch.tensor(terms, dtype=weight.dtype, device=weight.device)
+    folded = torch.einsum("ogckl,gm->omckl", groups, mix).flatten(1, 2)
+    return torch.cat([folded, weight[:, -1:]], dim=1)
+
+
 class TemporalFusion(nn.Module):
     """Per-pixel trust maps from the frame, the frame student's output and the aligned history."""
 
@@ -102,15 +125,18 @@ class TemporalFusion(nn.Module):
         known = torch.clamp(weight * 8.0, max=1.0)
         xm = f + known * (xm - f)
         evidence = weight * (1.0 / self.config.max_weight)
-        dxf, dxb, dxm, dfm = x - f, x - bg, x - xm, f - xm
-        # Pooling is linear: the pooled differences are the differences of the pooled maps (13 channels
-        # pooled instead of 31, and no full-resolution concatenation of all of them).
-        sx, sf, sb, sm, se = F.avg_pool2d(torch.cat([x, f, bg, xm, evidence], dim=1), self.scale).split(
-            [3, 3, 3, 3, 1], dim=1)
-        small = torch.cat([sx, sf, sb, sm, sx - sf, sx - sb, sf - sb, sx - sm, sf - sm, sb - sm, se], dim=1)
-        context = F.interpolate(self.context(small), scale_factor=float(self.scale), mode="bilinear",
+        # Both paths see the maps and their differences. Pooling and the first convolutions are linear, so
+        # the differences are folded into the convolutions' weights: one 13-channel concatenation feeds
+        # both paths, the same function at a third of the full-resolution memory traffic.
+        maps = torch.cat([x, f, bg, xm, evidence], dim=1)
+        first = self.context[0]
+        small = F.avg_pool2d(maps, self.scale)
+        hidden = F.conv2d(small, _fold(first.weight, _CONTEXT_TERMS), first.bias, padding=1)
+        context = F.interpolate(self.context[1:](hidden), scale_factor=float(self.scale), mode="bilinear",
                                 align_corners=False)
-        logits = context + self.detail(torch.cat([dxf, dxb, dxm, dfm, evidence], dim=1))
+        detail = self.detail[0]
+        hidden = F.conv2d(maps, _fold(detail.weight, _DETAIL_TERMS), detail.bias, padding=1)
+        logits = context + self.detail[1:](hidden)
         p = torch.softmax(logits[:, 0:3], dim=1)
         lam = torch.sigmoid(logits[:, 3:4])
         # At least 1/8 of a frame's evidence, so that a pixel with any history counts as known.
