@@ -222,6 +222,26 @@ teacher_corpus() {
 teacher_rain_corpus() { teacher_corpus rain; }
 teacher_snow_corpus() { teacher_corpus snow; }
 teacher_haze_corpus() { teacher_corpus haze; }
+# The two-stage students on the corpus: KC from the three corpus teachers (CKT into their taps, SCR), then KE
+# (HCR), starting from the shipped students, the corpus data as above (a third of each batch clean).
+CORPUS_TEACHERS=(rain="$MODELS/teacher_rain_corpus.safetensors" snow="$MODELS/teacher_snow_corpus.safetensors"
+                 haze="$MODELS/teacher_haze_corpus.safetensors")
+FAST_KD_KC=${FAST_KD_KC:-2000}
+FAST_KD_KE=${FAST_KD_KE:-3000}
+QUALITY_KD_KC=${QUALITY_KD_KC:-1500}
+QUALITY_KD_KE=${QUALITY_KD_KE:-2000}
+# kd_corpus NAME ARCH INIT CROP KC KE
+kd_corpus() {
+    local name=$1 arch=$2 init=$3 crop=$4 kc=$5 ke=$6 weather
+    for weather in rain snow haze; do
+        [[ -f $MODELS/teacher_${weather}_corpus.safetensors ]] || teacher_corpus "$weather"
+    done
+    RUN_META=$CORPUS_META run "$name" student --model "$arch" --teachers "${CORPUS_TEACHERS[@]}" --mcr teacher \
+        --config "$STUDENTS_YAML" --crop "$crop" --kc-steps "$kc" --ke-steps "$ke" --lr 1e-4 "${CORPUS_SET[@]}" \
+        --init "$init"
+}
+fast_kd() { kd_corpus fast_kd student_small unweather/weights/fast.safetensors 128 "$FAST_KD_KC" "$FAST_KD_KE"; }
+quality_kd() { kd_corpus quality_kd student_base unweather/weights/quality.safetensors 96 "$QUALITY_KD_KC" "$QUALITY_KD_KE"; }
 # The video student: the frame student (VIDEO_FRAME, default the shipped fast) frozen, its temporal fusion
 # trained on clips cut from the corpus photos (still, pan, zoom, shake, cuts) with weather drawn afresh
 # every frame, validated on clips of the validation photos.
