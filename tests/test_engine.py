@@ -240,6 +240,18 @@ def test_open_logs_the_backend_choice(caplog):
 # ---- ONNX Runtime engine opened from a network, an ONNX file and with threads --------------------------
 
 
+def test_onnxruntime_threads_do_not_spin_unless_asked(tmp_path, cache):
+    # In a stream the decoder and the encoder share the cores: idle inference threads must sleep, not spin.
+    save(_student(), tmp_path / "s.safetensors")
+    key = "session.intra_op.allow_spinning"
+    quiet = engines.open(tmp_path / "s.safetensors", backend="onnxruntime", device="cpu", threads=2)
+    assert quiet.session.get_session_options().get_session_config_entry(key) == "0"
+    spinning = engines.open(tmp_path / "s.safetensors", backend="onnxruntime", device="cpu", threads=2, spin=True)
+    assert spinning.session.get_session_options().get_session_config_entry(key) == "1"
+    x = torch.rand(1, 3, 32, 48)
+    assert torch.equal(quiet(x), spinning(x))
+
+
 def test_onnxruntime_engine_from_checkpoint_and_from_its_onnx_file(tmp_path, cache):
     net = _student()
     save(net, tmp_path / "s.safetensors")

@@ -196,3 +196,16 @@ def test_a_shuffle_student_starts_a_bilinear_one_from_the_mean_of_its_phases():
     x = torch.full((1, 3, 64, 64), 0.4)
     with torch.no_grad():
         assert float((new(x) - old(x)).abs().mean()) < 0.05
+
+
+def test_the_stem_reads_the_frame_as_its_2x2_unshuffled_channels():
+    # The stem is kept as a 3x3 convolution over PixelUnshuffle(2)'s 12 channels (the checkpoints' layout) and run
+    # as a 6x6 stride-2 convolution of the frame: the two must be one function, borders included.
+    from unweather.models.student import _unshuffled_weight
+
+    gen = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(16, 12, 3, 3, generator=gen), torch.randn(16, generator=gen)
+    x = torch.rand(2, 3, 32, 48, generator=gen)
+    want = F.conv2d(F.pixel_unshuffle(x, 2), weight, bias, padding=1)
+    got = F.conv2d(x, _unshuffled_weight(weight), bias, stride=2, padding=2)
+    assert got.shape == want.shape and float((got - want).abs().max()) < 1e-5

@@ -32,7 +32,7 @@ BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 COMMON_OPTIONS = {"tile", "tile_overlap", "trusted", "cache_dir", "allow_slow_precision"}
 BACKEND_OPTIONS = {
     "torch": {"channels_last", "compile", "cuda_graph"},
-    "onnxruntime": {"threads", "providers", "multiple", "min_size", "opset"},
+    "onnxruntime": {"threads", "providers", "multiple", "min_size", "opset", "spin"},
     "tensorrt": {"min_shape", "opt_shape", "max_shape", "workspace", "opset"},
 }
 # Precisions each backend runs, per device type. ONNX Runtime's CPU provider runs FP16 graphs by

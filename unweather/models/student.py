@@ -233,6 +233,16 @@ class HazeHead(nn.Module):
         return airlight + (x - airlight) * torch.exp(z)
 
 
+def _unshuffled_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A 3x3 convolution's weight over `PixelUnshuffle(2)`'s 12 channels as a 6x6 stride-2 one over the RGB frame.
+
+    Unshuffled channel c * 4 + 2 dy + dx at (i, j) is pixel (2 i + dy, 2 j + dx) of colour c, so tap (u, v) of that
+    channel is tap (2 u + dy, 2 v + dx) of colour c; padding 1 there is padding 2 here.
+    """
+    out = weight.shape[0]
+    return weight.reshape(out, 3, 2, 2, 3, 3).permute(0, 1, 4, 2, 5, 3).reshape(out, 3, 6, 6)
+
+
 class Student(nn.Module):
     """A real-time restoration network; see the module docstring for the design.
 
@@ -251,7 +261,6 @@ class Student(nn.Module):
         c0, c1, c2, c3 = config.widths
         self.tap_channels = (c1, c2, c3, c3)
 
-        self.fold = nn.PixelUnshuffle(2)
         self.stem = nn.Conv2d(12, c0, 3, padding=1)
         self.enc0 = _stack(c0, config.encoder_depths[0])
         self.down1 = Down(c0, c1)
@@ -282,7 +291,10 @@ class Student(nn.Module):
 
     def forward(self, x: torch.Tensor, return_feat: bool = False):
         """Restore `x` (height and width multiples of 16); optionally also return the 4 taps."""
-        e0 = self.enc0(F.relu(self.stem(self.fold(x))))
+        # The stem reads the 2x2-unshuffled frame; as one stride-2 convolution of the frame itself (the same
+        # function) it needs no transpose, which cost ONNX Runtime a tenth of `fast`'s time.
+        stem = F.conv2d(x, _unshuffled_weight(self.stem.weight), self.stem.bias, stride=2, padding=2)
+        e0 = self.enc0(F.relu(stem))
         e1 = self.enc1(self.down1(e0))
         e2 = self.enc2(self.down2(e1))
         e3 = self.enc3(self.down3(e2))
