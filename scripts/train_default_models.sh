@@ -165,11 +165,13 @@ GRID_FREE='model.options={haze_head: true, upsample: bilinear, phase_balance: tr
 CORPUS_SET=(--set 'data.resynth=[rain, snow, haze]' --set 'data.render_styles=[particles, noise]' --set data.camera=true
             --set data.clean_per_batch=6 --set data.val_max_pairs=36 --set data.val_crop=0 --set log.clean_floor=40
             --set loss.pixel_balance=none --set "$GRID_FREE" --set 'optim.lr_scale={haze: 5}')
+# corpus_run NAME ARCH INIT CROP STEPS [ARGS...]
 corpus_run() {
     local name=$1 arch=$2 init=$3 crop=$4 steps=$5
+    shift 5
     [[ -f $CORPUS_META/prepare.json ]] || corpus_data
     RUN_META=$CORPUS_META run "$name" student --model "$arch" --direct --crop "$crop" --kc-steps 0 --ke-steps "$steps" \
-        --lr 2e-4 "${CORPUS_SET[@]}" --init "$init"
+        --lr 2e-4 "${CORPUS_SET[@]}" --init "$init" "$@"
 }
 fast_corpus() { corpus_run fast_corpus student_small unweather/weights/fast.safetensors 160 "$FAST_CORPUS_STEPS"; }
 quality_corpus() { corpus_run quality_corpus student_base unweather/weights/quality.safetensors 128 "$QUALITY_CORPUS_STEPS"; }
@@ -242,6 +244,27 @@ kd_corpus() {
 }
 fast_kd() { kd_corpus fast_kd student_small unweather/weights/fast.safetensors 128 "$FAST_KD_KC" "$FAST_KD_KE"; }
 quality_kd() { kd_corpus quality_kd student_base unweather/weights/quality.safetensors 96 "$QUALITY_KD_KC" "$QUALITY_KD_KE"; }
+# Heavy haze stayed 4-5 dB below the dark channel prior: the haze head adds the prior's own gain, scaled by a
+# learned global weight that starts at 0 (haze_prior), from the shipped fast.
+FAST_PRIOR_STEPS=${FAST_PRIOR_STEPS:-1000}
+fast_prior() {
+    corpus_run fast_prior student_small unweather/weights/fast.safetensors 160 "$FAST_PRIOR_STEPS" \
+        --set 'model.options={haze_head: true, upsample: bilinear, phase_balance: true, haze_gate: true, haze_prior: true}'
+}
+# The prior's weight barely moved in fast_prior (|w| 0.1 after 1000 steps): 10x its learning rate, and more
+# checkpoints to choose from (validated every 125 steps, the best 5 kept).
+fast_prior_fast_lr() {
+    corpus_run fast_prior_lr student_small unweather/weights/fast.safetensors 160 "$FAST_PRIOR_STEPS" \
+        --set 'model.options={haze_head: true, upsample: bilinear, phase_balance: true, haze_gate: true, haze_prior: true}' \
+        --set 'optim.lr_scale={haze.prior: 50, haze: 5}' --set schedule.val_every_steps=125 --set log.keep_best=5
+}
+# quality_kd led on light and medium rain and snow but edited clean frames (39.4 dB, `quality` 50.7): the corpus
+# runs' plain L1 with a third of each batch clean, from it.
+QUALITY_KD_POLISH_STEPS=${QUALITY_KD_POLISH_STEPS:-1000}
+quality_kd_polish() {
+    [[ -f "$MODELS/quality_kd.safetensors" ]] || quality_kd
+    corpus_run quality_kd_polish student_base "$MODELS/quality_kd.safetensors" 96 "$QUALITY_KD_POLISH_STEPS"
+}
 # The video student: the frame student (VIDEO_FRAME, default the shipped fast) frozen, its temporal fusion
 # trained on clips cut from the corpus photos (still, pan, zoom, shake, cuts) with weather drawn afresh
 # every frame, validated on clips of the validation photos.

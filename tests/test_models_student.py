@@ -209,3 +209,25 @@ def test_the_stem_reads_the_frame_as_its_2x2_unshuffled_channels():
     want = F.conv2d(F.pixel_unshuffle(x, 2), weight, bias, padding=1)
     got = F.conv2d(x, _unshuffled_weight(weight), bias, stride=2, padding=2)
     assert got.shape == want.shape and float((got - want).abs().max()) < 1e-5
+
+
+def test_the_haze_prior_starts_neutral_and_adds_the_dark_channel_gain():
+    base = dict(haze_head=True, upsample="bilinear", phase_balance=True, haze_gate=True)
+    torch.manual_seed(0)
+    plain = Student(StudentConfig(**base)).eval()
+    with_prior = Student(StudentConfig(**base, haze_prior=True)).eval()
+    missing, unexpected = with_prior.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["haze.prior.bias", "haze.prior.weight"] and not unexpected
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        assert float((with_prior(x) - plain(x)).abs().max()) < 1e-6  # neutral until trained
+        # A uniform veil c under airlight a: dark(I / A) = c / a, so the gain is -log(1 - 0.95 c / a).
+        head = with_prior.haze
+        gain = head._prior_gain(torch.full((1, 3, 16, 16), 0.6), torch.full((1, 3, 1, 1), 0.8))
+        assert gain.shape == (1, 1, 8, 8)
+        assert torch.allclose(gain, torch.full_like(gain, -math.log(1 - 0.95 * 0.6 / 0.8)), atol=1e-5)
+        # Bounded like the head's own gain: an input at the airlight gives t = 0.05, clipped to 1 / max_gain.
+        bright = head._prior_gain(torch.full((1, 3, 16, 16), 0.8), torch.full((1, 3, 1, 1), 0.8))
+        assert torch.allclose(bright, torch.full_like(bright, head.max_z), atol=1e-5)
+        head.prior.bias.fill_(1.0)
+        assert float((with_prior(x) - plain(x)).abs().max()) > 1e-3

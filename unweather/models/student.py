@@ -50,6 +50,8 @@ class StudentConfig:
         haze_gate: the haze head's gain is scaled by a global gate in [0, 1] read from the image's
             haze statistics (k = 1, no change, when it is closed) and bounded by `haze_max_gain`.
         haze_max_gain: the largest gain k = 1/t the gated haze head applies (t down to 1/k).
+        haze_prior: the haze head adds the dark channel prior's gain, -log(1 - 0.95 dark(I / A)), scaled by a
+            global weight read from the haze statistics (0 at the start: a trained head is unchanged).
     """
 
     widths: tuple[int, int, int, int] = (16, 32, 48, 64)
@@ -62,6 +64,7 @@ class StudentConfig:
     phase_balance: bool = False
     haze_gate: bool = False
     haze_max_gain: float = 5.0
+    haze_prior: bool = False
 
     def __post_init__(self) -> None:
         # Options may come back from JSON metadata as lists.
@@ -195,9 +198,11 @@ class HazeHead(nn.Module):
 
     stats = 8
 
-    def __init__(self, features: int, hidden: int, gate: bool = False, max_gain: float = math.exp(2.5)) -> None:
+    def __init__(self, features: int, hidden: int, gate: bool = False, max_gain: float = math.exp(2.5),
+                 prior: bool = False) -> None:
         super().__init__()
         self.airlight = nn.Conv2d(hidden + self.stats, 3, 1)
+        self.prior = nn.Conv2d(hidden + self.stats, 1, 1) if prior else None
         self.offset = nn.Conv2d(hidden + self.stats, 1, 1)
         self.gain = nn.Conv2d(features + 1, 4, 3, padding=1)
         self.unfold = nn.PixelShuffle(2)
@@ -206,9 +211,10 @@ class HazeHead(nn.Module):
         with torch.no_grad():
             nn.init.normal_(self.airlight.weight, std=0.01)
             self.airlight.bias.fill_(1.4)  # sigmoid(1.4) = 0.8, a typical airlight
-            for conv in (self.offset, self.gain):
-                conv.weight.zero_()
-                conv.bias.zero_()
+            for conv in (self.offset, self.gain, self.prior):
+                if conv is not None:
+                    conv.weight.zero_()
+                    conv.bias.zero_()
             if self.gate is not None:
                 # Open at start (sigmoid(4) = 0.98), so a trained head keeps working until it learns to close.
                 self.gate.weight.zero_()
@@ -227,10 +233,20 @@ class HazeHead(nn.Module):
         # gain(concat(features, dark)) as two convolutions: CPU kernels are slow on odd channel counts.
         w, b = self.gain.weight, self.gain.bias
         z = F.conv2d(features, w[:, :-1], b, padding=1) + F.conv2d(dark, w[:, -1:], padding=1)
+        if self.prior is not None:
+            z = z + self.prior(h) * self._prior_gain(x, airlight)
         z = torch.clamp(self.unfold(z) + self.offset(h), -1.0, self.max_z)
         if self.gate is not None:
             z = z * torch.sigmoid(self.gate(h))
         return airlight + (x - airlight) * torch.exp(z)
+
+    def _prior_gain(self, x: torch.Tensor, airlight: torch.Tensor) -> torch.Tensor:
+        """He et al.'s gain -log t, t = 1 - 0.95 dark(I / A), at half resolution (t at least 1 / `max_gain`)."""
+        m = (x / airlight.clamp(min=0.05)).amin(dim=1, keepdim=True)
+        m = torch.minimum(torch.minimum(m[..., 0::2, 0::2], m[..., 1::2, 0::2]),
+                          torch.minimum(m[..., 0::2, 1::2], m[..., 1::2, 1::2]))
+        t = 1.0 - 0.95 * _min_filter(m, 7)
+        return -torch.log(t.clamp(min=math.exp(-self.max_z)))
 
 
 def _unshuffled_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -281,7 +297,7 @@ class Student(nn.Module):
         self.head = nn.Conv2d(c0, 12, 3, padding=1)
         self.unfold = nn.PixelShuffle(2)
         self.haze = HazeHead(c0, config.context_channels, config.haze_gate,
-                             config.haze_max_gain if config.haze_gate else math.exp(2.5)) \
+                             config.haze_max_gain if config.haze_gate else math.exp(2.5), config.haze_prior) \
             if config.haze_head else None
         # A small initial correction: an untrained student starts near the identity.
         with torch.no_grad():
