@@ -258,6 +258,15 @@ fast_prior_fast_lr() {
         --set 'model.options={haze_head: true, upsample: bilinear, phase_balance: true, haze_gate: true, haze_prior: true}' \
         --set 'optim.lr_scale={haze.prior: 50, haze: 5}' --set schedule.val_every_steps=125 --set log.keep_best=5
 }
+# The learned weight stayed small in both: start it at 0.7 instead (the prior's gain mostly on, the network to
+# learn where it is wrong). The init is the shipped fast with that one weight added.
+fast_prior_on() {
+    [[ -f "$MODELS/fast_prior_init.safetensors" ]] || python3 scripts/prior_init.py unweather/weights/fast.safetensors \
+        0.7 "$MODELS/fast_prior_init.safetensors"
+    corpus_run fast_prior_on student_small "$MODELS/fast_prior_init.safetensors" 160 "$FAST_PRIOR_STEPS" \
+        --set 'model.options={haze_head: true, upsample: bilinear, phase_balance: true, haze_gate: true, haze_prior: true}' \
+        --set 'optim.lr_scale={haze.prior: 50, haze: 5}' --set schedule.val_every_steps=125 --set log.keep_best=5
+}
 # quality_kd led on light and medium rain and snow but edited clean frames (39.4 dB, `quality` 50.7): the corpus
 # runs' plain L1 with a third of each batch clean, from it.
 QUALITY_KD_POLISH_STEPS=${QUALITY_KD_POLISH_STEPS:-1000}
