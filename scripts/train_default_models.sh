@@ -267,6 +267,13 @@ fast_prior_on() {
         --set 'model.options={haze_head: true, upsample: bilinear, phase_balance: true, haze_gate: true, haze_prior: true}' \
         --set 'optim.lr_scale={haze.prior: 50, haze: 5}' --set schedule.val_every_steps=125 --set log.keep_best=5
 }
+# 500 more corpus steps from `fast` (the fast_prior runs) were better on clean, night, light and medium weather:
+# the same from `quality`, validated every 125 steps, the best 5 kept.
+QUALITY_MORE_STEPS=${QUALITY_MORE_STEPS:-1000}
+quality_more() {
+    corpus_run quality_more student_base unweather/weights/quality.safetensors 128 "$QUALITY_MORE_STEPS" \
+        --set schedule.val_every_steps=125 --set log.keep_best=5
+}
 # quality_kd led on light and medium rain and snow but edited clean frames (39.4 dB, `quality` 50.7): the corpus
 # runs' plain L1 with a third of each batch clean, from it.
 QUALITY_KD_POLISH_STEPS=${QUALITY_KD_POLISH_STEPS:-1000}
