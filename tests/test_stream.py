@@ -170,3 +170,16 @@ def test_live_mode_drops_the_oldest_frames_when_inference_is_slow(tmp_path: Path
     # the oldest frame dropped: overload, not start-up.
     assert stats.drops["overload"] > 0 and sum(stats.drops.values()) == stats.dropped
     assert stats.queues["decode"]["max_depth"] <= 2 + 2 * rate
+    # The summary says why and what would keep up.
+    assert "hint: restoring ran slower than the source" in stats.summary() and "--model fast" in stats.summary()
+
+
+def test_the_hint_comes_from_a_twentieth_of_the_frames_dropped_for_falling_behind():
+    from unweather.stream.stats import RunStats
+
+    def hints(model: str, behind: int, startup: int = 0) -> list[str]:
+        return RunStats(model=model, mode="live", frames_in=100, drops={"startup": startup, "overload": behind}).hints()
+
+    assert hints("video", 4, startup=30) == []  # what waits while a run starts is not falling behind
+    assert len(hints("video", 5)) == 1 and "5 % of the frames" in hints("video", 5)[0]
+    assert "--model fast" in hints("video", 50)[0] and "--model fast" not in hints("fast", 50)[0]

@@ -9,6 +9,8 @@ from typing import Any
 
 STAGES = ("decode", "upload", "infer", "download", "encode")
 _DROP_CAUSES = {"startup": "while starting", "overload": "falling behind the source"}
+# A live run that drops this share of its frames for falling behind is told what would keep up.
+_BEHIND_SHARE = 0.05
 # Latency percentiles are taken over the most recent frames, so week-long runs keep memory flat.
 LATENCY_WINDOW = 100_000
 
@@ -116,6 +118,7 @@ class RunStats:
         if any(self.drops.values()):
             lines.append("dropped: " + ", ".join(f"{n} {_DROP_CAUSES.get(cause, cause)}"
                                                  for cause, n in self.drops.items() if n))
+        lines += self.hints()
         if lat.get("p50") is not None:
             lines.append(f"latency p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms")
         busy = ", ".join(f"{k} {v:.2f} s" for k, v in self.stage_s.items())
@@ -126,6 +129,15 @@ class RunStats:
             lines.append("video state reset: " + ", ".join(f"{n} {cause}" for cause, n in sorted(self.resets.items())))
         lines += [f"warning: {w}" for w in self.warnings()]
         return "\n".join(lines)
+
+    def hints(self) -> list[str]:
+        """What to change when restoring could not keep up with a live source (5 % or more dropped for it)."""
+        behind = self.drops.get("overload", 0)
+        if not self.frames_in or behind < _BEHIND_SHARE * self.frames_in:
+            return []
+        faster = "; --model fast keeps up more often" if self.model not in ("fast", "identity") else ""
+        return [f"hint: restoring ran slower than the source ({100 * behind / self.frames_in:.0f} % of the frames "
+                f"dropped){faster}"]
 
     def warnings(self) -> list[str]:
         """What went wrong with the input although the output was written: at most one sentence."""
