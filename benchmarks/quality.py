@@ -285,7 +285,8 @@ def cross_source(meta: Path, methods: list[tuple[str, Callable[[torch.Tensor], t
     Weather pairs: PSNR and SSIM (RGB, Y) per weather, renderer style and intensity; the dark channel prior
     is scored on haze beside them. Clean frames: PSNR against the frame, the largest per-channel mean shift
     (8-bit levels) and the pattern score added (output's minus input's), per scene tag. `reuse`, an earlier
-    result on the same pairs, supplies the scores of the methods it holds under the same label.
+    result on the same pairs, supplies the scores of the input and the dark channel prior (networks are scored
+    afresh: the weights behind a label such as "quality (shipped)" change).
     """
     import json
 
@@ -312,7 +313,7 @@ def cross_source(meta: Path, methods: list[tuple[str, Callable[[torch.Tensor], t
     earlier = (reuse or {}).get("methods", {}) if reuse and reuse.get("pairs") == len(pairs) \
         and reuse.get("photos") == result["photos"] else {}
     for label, restore in all_methods:
-        if label in earlier:
+        if label in earlier and label in _REUSABLE:
             result["methods"][label] = earlier[label]
             print(f"{label}: scores of the earlier result", flush=True)
             continue
@@ -415,6 +416,10 @@ def cross_source_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+# What an earlier result may supply: scores that depend on no network.
+_REUSABLE = ("input", "dark channel prior")
+
+
 def corpus_main(args: argparse.Namespace) -> int:
     """`--corpus META`: the cross-source evaluation of the shipped students and `--extra` networks."""
     from unweather.machine import machine_info, save_results
@@ -462,7 +467,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--reuse", type=Path, metavar="RESULTS.json",
                         help="with --corpus: take the scores of methods already in this earlier result on the "
-                             "same pairs (the input, the shipped students, the dark channel prior)")
+                             "same pairs: the input and the dark channel prior (networks are scored afresh)")
     parser.add_argument("--extra", action="append", default=[], metavar="LABEL=PATH",
                         help="another network to score")
     parser.add_argument("--precisions", nargs="+", default=[], metavar="P",

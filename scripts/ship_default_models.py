@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # Since the photo corpus: the students start from the earlier shipped ones (two-stage, from the teachers),
 # made grid-free and trained on the corpus with weather in two renderer styles and a third of each batch
 # clean; the video student adds a temporal fusion over `fast`'s frame network.
-SHIPPED = {"fast": ("fast_corpus", None), "quality": ("quality_corpus", torch.float16),
+SHIPPED = {"fast": ("fast_corpus", None), "quality": ("quality_soup", torch.float16),
            "video": ("video_steady", torch.float16), "video_quality": ("video_quality", torch.float16)}
 RECORD_FILES = ("config.yaml", "config.json", "metrics.jsonl", "train.log", "result.json", "last.json")
-REPRODUCE = {"fast": "fast_corpus", "quality": "quality_corpus", "video": "video_steady",
+REPRODUCE = {"fast": "fast_corpus", "quality": "quality_soup", "video": "video_steady",
              "video_quality": "video_quality"}
 RUNS = ("teacher_rain", "teacher_snow", "teacher_haze", "student_fast", "student_quality", "student_quality_more",
         "student_quality_polish", "direct_fast", "nomcr_fast", "fast_wide", "quality_wide", "fast_full",
@@ -130,6 +130,11 @@ def main() -> int:
                      "reproduce": f"bash scripts/train_default_models.sh {REPRODUCE[name]}",
                      "commit": _commit(),
                      "stored_dtype": str(dtype or torch.float32).removeprefix("torch.")})
+        if "averaged_from" in meta:  # a mean of networks (scripts/average_weights.py): the runs behind it
+            runs = sorted({Path(p).parts[2] for p in json.loads(meta["averaged_from"]) if p.startswith("data/runs/")})
+            meta["training_run"] = ", ".join(f"training_runs/{r}" for r in runs)
+            for key in ("val_psnr", "steps", "stage"):  # the first member's, not the mean's
+                meta.pop(key, None)
         if partial is not None:
             meta["partial"] = f"best validated checkpoint at step {partial}; the run continues (--resume)"
         # A direct run that continues an --init network finishes the two-stage chain the shipped runs start with.

@@ -270,9 +270,24 @@ fast_prior_on() {
 # 500 more corpus steps from `fast` (the fast_prior runs) were better on clean, night, light and medium weather:
 # the same from `quality`, validated every 125 steps, the best 5 kept.
 QUALITY_MORE_STEPS=${QUALITY_MORE_STEPS:-1000}
+# The quality shipped before the soup (quality_corpus's step 1250), from the repository's history.
+QUALITY_CORPUS_COMMIT=1525bb7c9556fb861131671ae3862f57766fe122
+quality_corpus_file() {
+    local file="$MODELS/quality_corpus_shipped.safetensors"
+    [[ -f $file ]] || git show "$QUALITY_CORPUS_COMMIT:unweather/weights/quality.safetensors" >"$file"
+    echo "$file"
+}
 quality_more() {
-    corpus_run quality_more student_base unweather/weights/quality.safetensors 128 "$QUALITY_MORE_STEPS" \
+    corpus_run quality_more student_base "$(quality_corpus_file)" 128 "$QUALITY_MORE_STEPS" \
         --set schedule.val_every_steps=125 --set log.keep_best=5
+}
+# The shipped quality: the mean of the weights of the quality before it and quality_more's steps 875 (its best
+# validated) and 250 (its best on clean frames), chosen on the cross-source set among seven averages.
+quality_soup() {
+    [[ -f "$MODELS/quality_more.safetensors" ]] || quality_more
+    [[ -f "$MODELS/quality_soup.safetensors" ]] && return 0
+    python3 scripts/average_weights.py "$MODELS/quality_soup.safetensors" "$(quality_corpus_file)" \
+        "$RUNS"/quality_more/best/step0000875-*.safetensors "$RUNS"/quality_more/best/step0000250-*.safetensors
 }
 # quality_kd led on light and medium rain and snow but edited clean frames (39.4 dB, `quality` 50.7): the corpus
 # runs' plain L1 with a third of each batch clean, from it.
