@@ -39,7 +39,7 @@ RUNS = ("teacher_rain", "teacher_snow", "teacher_haze", "student_fast", "student
         "quality_corpus", "fast_night", "video_corpus", "video_refit", "video_memory", "video_long", "video_reset",
         "video_reset_long", "fast_clean", "fast_lights", "video_steady", "video_quality", "video_quality_steady",
         "teacher_rain_corpus", "teacher_snow_corpus", "teacher_haze_corpus", "fast_kd", "quality_kd", "video_calm",
-        "quality_kd_polish", "fast_prior", "fast_prior_lr", "fast_prior_on", "quality_more")
+        "quality_kd_polish", "fast_prior", "fast_prior_lr", "fast_prior_on", "quality_more", "fast_more")
 # video_quality holds quality's frame network again (about 6 MiB in float16).
 LIMIT_BYTES = 16 * 2**20
 

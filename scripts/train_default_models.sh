@@ -289,6 +289,12 @@ quality_soup() {
     python3 scripts/average_weights.py "$MODELS/quality_soup.safetensors" "$(quality_corpus_file)" \
         "$RUNS"/quality_more/best/step0000875-*.safetensors "$RUNS"/quality_more/best/step0000250-*.safetensors
 }
+# quality_more for `fast`: 1000 more corpus steps from it, validated every 125, the best 5 kept.
+FAST_MORE_STEPS=${FAST_MORE_STEPS:-1000}
+fast_more() {
+    corpus_run fast_more student_small unweather/weights/fast.safetensors 160 "$FAST_MORE_STEPS" \
+        --set schedule.val_every_steps=125 --set log.keep_best=5
+}
 # quality_kd led on light and medium rain and snow but edited clean frames (39.4 dB, `quality` 50.7): the corpus
 # runs' plain L1 with a third of each batch clean, from it.
 QUALITY_KD_POLISH_STEPS=${QUALITY_KD_POLISH_STEPS:-1000}

@@ -185,3 +185,32 @@ def test_convert_with_arch_and_options_for_a_plain_state_dict(tmp_path, capsys):
     assert loaded.tap_channels == (16, 24, 32, 32)
     torch.testing.assert_close(_run(loaded), _run(model), atol=2e-3, rtol=1e-2)
     assert main([*args, "--options", "[1]"]) == 1
+
+
+def test_average_weights_writes_the_mean_network_and_refuses_different_ones(tmp_path):
+    # scripts/average_weights.py made the shipped `quality`: the mean of three checkpoints of one network.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "average_weights.py"
+    nets = []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        nets.append(build("student_small").eval())
+        save(nets[-1], tmp_path / f"n{seed}.safetensors")
+    out = tmp_path / "mean.safetensors"
+    members = [str(tmp_path / f"n{seed}.safetensors") for seed in (1, 2, 3)]
+    done = subprocess.run([sys.executable, str(script), str(out), *members], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    mean = load_checkpoint(out).state_dict()
+    for key, value in mean.items():
+        want = sum(n.state_dict()[key].float() for n in nets) / 3
+        assert torch.allclose(value.float(), want, atol=1e-6), key
+    torch.manual_seed(4)
+    save(build("student_base").eval(), tmp_path / "other.safetensors")
+    refused = subprocess.run([sys.executable, str(script), str(tmp_path / "x.safetensors"),
+                              str(tmp_path / "n1.safetensors"), str(tmp_path / "other.safetensors")],
+                             capture_output=True, text=True)
+    assert refused.returncode == 1 and "is not the same network" in refused.stderr
+    assert not (tmp_path / "x.safetensors").exists()
