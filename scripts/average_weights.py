@@ -12,7 +12,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
