@@ -185,6 +185,12 @@ def _min_filter(x: torch.Tensor, size: int) -> torch.Tensor:
     return x
 
 
+def _half_min(m: torch.Tensor) -> torch.Tensor:
+    """The minimum of each 2x2 block of an NCHW tensor (height and width even): half the resolution."""
+    return torch.minimum(torch.minimum(m[..., 0::2, 0::2], m[..., 1::2, 0::2]),
+                         torch.minimum(m[..., 0::2, 1::2], m[..., 1::2, 1::2]))
+
+
 class HazeHead(nn.Module):
     """J = A + (I - A) k: airlight A (RGB, global) and gain k = 1/t (per pixel).
 
@@ -222,10 +228,7 @@ class HazeHead(nn.Module):
 
     def forward(self, x: torch.Tensor, g: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Dehaze `x` given the pooled vector `g` and half-resolution `features`."""
-        m = x.amin(dim=1, keepdim=True)
-        m = torch.minimum(torch.minimum(m[..., 0::2, 0::2], m[..., 1::2, 0::2]),
-                          torch.minimum(m[..., 0::2, 1::2], m[..., 1::2, 1::2]))
-        dark = _min_filter(m, 7)
+        dark = _min_filter(_half_min(x.amin(dim=1, keepdim=True)), 7)
         stats = torch.cat([x.mean(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True),
                            dark.mean(dim=(2, 3), keepdim=True), dark.amax(dim=(2, 3), keepdim=True)], dim=1)
         h = torch.cat([g, stats], dim=1)
@@ -242,10 +245,7 @@ class HazeHead(nn.Module):
 
     def _prior_gain(self, x: torch.Tensor, airlight: torch.Tensor) -> torch.Tensor:
         """He et al.'s gain -log t, t = 1 - 0.95 dark(I / A), at half resolution (t at least 1 / `max_gain`)."""
-        m = (x / airlight.clamp(min=0.05)).amin(dim=1, keepdim=True)
-        m = torch.minimum(torch.minimum(m[..., 0::2, 0::2], m[..., 1::2, 0::2]),
-                          torch.minimum(m[..., 0::2, 1::2], m[..., 1::2, 1::2]))
-        t = 1.0 - 0.95 * _min_filter(m, 7)
+        t = 1.0 - 0.95 * _min_filter(_half_min((x / airlight.clamp(min=0.05)).amin(dim=1, keepdim=True)), 7)
         return -torch.log(t.clamp(min=math.exp(-self.max_z)))
 
 
