@@ -219,7 +219,7 @@ teacher_corpus() {
     RUN_META=$CORPUS_META run "teacher_${weather}_corpus" teacher --weather "$weather" --steps "$TEACHER_CORPUS_STEPS" \
         --crop 128 --lr 1e-4 --set "data.resynth=[$weather]" --set 'data.render_styles=[particles, noise]' \
         --set data.camera=true --set data.val_max_pairs=36 --set data.val_crop=0 --set loss.pixel_balance=none \
-        --set "$GRID_FREE" --set 'optim.lr_scale={haze: 5}' --init unweather/weights/quality.safetensors
+        --set "$GRID_FREE" --set 'optim.lr_scale={haze: 5}' --init "$(quality_corpus_file)"
 }
 teacher_rain_corpus() { teacher_corpus rain; }
 teacher_snow_corpus() { teacher_corpus snow; }
@@ -243,20 +243,23 @@ kd_corpus() {
         --init "$init"
 }
 fast_kd() { kd_corpus fast_kd student_small unweather/weights/fast.safetensors 128 "$FAST_KD_KC" "$FAST_KD_KE"; }
-quality_kd() { kd_corpus quality_kd student_base unweather/weights/quality.safetensors 96 "$QUALITY_KD_KC" "$QUALITY_KD_KE"; }
+quality_kd() { kd_corpus quality_kd student_base "$(quality_corpus_file)" 96 "$QUALITY_KD_KC" "$QUALITY_KD_KE"; }
 # Heavy haze stayed 4-5 dB below the dark channel prior: the haze head adds the prior's own gain, scaled by a
 # learned global weight that starts at 0 (haze_prior), from the shipped fast.
 FAST_PRIOR_STEPS=${FAST_PRIOR_STEPS:-1000}
+PRIOR_SET=(--set 'model.options={haze_head: true, upsample: bilinear, phase_balance: true, haze_gate: true, haze_prior: true}')
+# More checkpoints to choose from: validated every 125 steps, the best 5 kept.
+DENSE_VAL=(--set schedule.val_every_steps=125 --set log.keep_best=5)
 fast_prior() {
     corpus_run fast_prior student_small unweather/weights/fast.safetensors 160 "$FAST_PRIOR_STEPS" \
-        --set 'model.options={haze_head: true, upsample: bilinear, phase_balance: true, haze_gate: true, haze_prior: true}'
+        "${PRIOR_SET[@]}"
 }
 # The prior's weight barely moved in fast_prior (|w| 0.1 after 1000 steps): 10x its learning rate, and more
 # checkpoints to choose from (validated every 125 steps, the best 5 kept).
 fast_prior_fast_lr() {
     corpus_run fast_prior_lr student_small unweather/weights/fast.safetensors 160 "$FAST_PRIOR_STEPS" \
-        --set 'model.options={haze_head: true, upsample: bilinear, phase_balance: true, haze_gate: true, haze_prior: true}' \
-        --set 'optim.lr_scale={haze.prior: 50, haze: 5}' --set schedule.val_every_steps=125 --set log.keep_best=5
+        "${PRIOR_SET[@]}" \
+        --set 'optim.lr_scale={haze.prior: 50, haze: 5}' "${DENSE_VAL[@]}"
 }
 # The learned weight stayed small in both: start it at 0.7 instead (the prior's gain mostly on, the network to
 # learn where it is wrong). The init is the shipped fast with that one weight added.
@@ -264,8 +267,8 @@ fast_prior_on() {
     [[ -f "$MODELS/fast_prior_init.safetensors" ]] || python3 scripts/prior_init.py unweather/weights/fast.safetensors \
         0.7 "$MODELS/fast_prior_init.safetensors"
     corpus_run fast_prior_on student_small "$MODELS/fast_prior_init.safetensors" 160 "$FAST_PRIOR_STEPS" \
-        --set 'model.options={haze_head: true, upsample: bilinear, phase_balance: true, haze_gate: true, haze_prior: true}' \
-        --set 'optim.lr_scale={haze.prior: 50, haze: 5}' --set schedule.val_every_steps=125 --set log.keep_best=5
+        "${PRIOR_SET[@]}" \
+        --set 'optim.lr_scale={haze.prior: 50, haze: 5}' "${DENSE_VAL[@]}"
 }
 # 500 more corpus steps from `fast` (the fast_prior runs) were better on clean, night, light and medium weather:
 # the same from `quality`, validated every 125 steps, the best 5 kept.
@@ -279,7 +282,7 @@ quality_corpus_file() {
 }
 quality_more() {
     corpus_run quality_more student_base "$(quality_corpus_file)" 128 "$QUALITY_MORE_STEPS" \
-        --set schedule.val_every_steps=125 --set log.keep_best=5
+        "${DENSE_VAL[@]}"
 }
 # The shipped quality: the mean of the weights of the quality before it and quality_more's steps 875 (its best
 # validated) and 250 (its best on clean frames), chosen on the cross-source set among seven averages.
@@ -293,7 +296,7 @@ quality_soup() {
 FAST_MORE_STEPS=${FAST_MORE_STEPS:-1000}
 fast_more() {
     corpus_run fast_more student_small unweather/weights/fast.safetensors 160 "$FAST_MORE_STEPS" \
-        --set schedule.val_every_steps=125 --set log.keep_best=5
+        "${DENSE_VAL[@]}"
 }
 # quality_kd led on light and medium rain and snow but edited clean frames (39.4 dB, `quality` 50.7): the corpus
 # runs' plain L1 with a third of each batch clean, from it.
