@@ -155,7 +155,7 @@ def warp_state(bg: torch.Tensor, weight: torch.Tensor, dx: torch.Tensor | float,
         moved = [warp_state(bg[i:i + 1], weight[i:i + 1], float(dx_t[i]), float(dy_t[i])) for i in range(n)]
         return torch.cat([m[0] for m in moved]), torch.cat([m[1] for m in moved])
     sx, sy = float(dx_t[0]), float(dy_t[0])
-    new_bg = _translate(bg, sx, sy, cubic=True).clamp(0.0, 1.0)
+    new_bg = _translate(bg, sx, sy, cubic=True).clamp_(0.0, 1.0)
     return new_bg, _translate(weight, sx, sy, cubic=False)
 
 
@@ -181,8 +181,6 @@ def _taps(shift: float, cubic: bool) -> tuple[int, list[float]]:
 
 def _translate(x: torch.Tensor, sx: float, sy: float, cubic: bool) -> torch.Tensor:
     """`x` (NCHW) moved by (sx, sy): cubic with the border repeated, or linear with zeros outside."""
-    if x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad:
-        return _translate_planes(x, sx, sy, cubic)
     n, c, h, w = x.shape
     first_x, wx = _taps(sx, cubic)
     first_y, wy = _taps(sy, cubic)
@@ -195,18 +193,21 @@ def _translate(x: torch.Tensor, sx: float, sy: float, cubic: bool) -> torch.Tens
     x0 = min(max(left + first_x, 0), padded.shape[3] - (w + k - 1))
     y0 = min(max(top + first_y, 0), padded.shape[2] - (h + k - 1))
     window = padded[:, :, y0:y0 + h + k - 1, x0:x0 + w + k - 1]
+    if x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad:
+        return _filter_planes(window, wx, wy, h, w)
     kernel = torch.outer(torch.tensor(wy, dtype=x.dtype), torch.tensor(wx, dtype=x.dtype)).to(x.device)
     return F.conv2d(window, kernel.expand(c, 1, k, k).contiguous(), groups=c)
 
 
-def _translate_planes(x: torch.Tensor, sx: float, sy: float, cubic: bool) -> torch.Tensor:
-    """`_translate` on a CPU by OpenCV, plane by plane: the same kernels (Keys' cubic with A = -0.75, or
-    linear), about 4x faster than the depthwise convolution at 640x360 (a stream's state, every moving frame)."""
-    n, c, h, w = x.shape
-    planes = x.contiguous().reshape(n * c, h, w).numpy()
-    out = np.empty_like(planes)
-    m = np.float32([[1, 0, sx], [0, 1, sy]])
-    flags, border = (cv2.INTER_CUBIC, cv2.BORDER_REPLICATE) if cubic else (cv2.INTER_LINEAR, cv2.BORDER_CONSTANT)
-    for plane, moved in zip(planes, out):
-        cv2.warpAffine(plane, m, (w, h), dst=moved, flags=flags, borderMode=border, borderValue=0.0)
+def _filter_planes(window: torch.Tensor, wx: list[float], wy: list[float], h: int, w: int) -> torch.Tensor:
+    """The depthwise convolution of `_translate` on a CPU by OpenCV, plane by plane and separably: the same
+    values (to 1e-6), about 4x faster at 640x360 (a stream's state, every moving frame). Training keeps
+    the convolution, which has gradients."""
+    n, c = window.shape[:2]
+    padded = window.reshape(n * c, *window.shape[2:]).numpy()
+    out = np.empty((n * c, h, w), np.float32)
+    kx, ky = np.float32(wx), np.float32(wy)
+    for plane, moved in zip(padded, out):
+        # anchor (0, 0): out[i] = sum_k kernel[k] plane[i + k]; only the first h x w outputs read no border.
+        moved[...] = cv2.sepFilter2D(plane, -1, kx, ky, anchor=(0, 0), borderType=cv2.BORDER_REPLICATE)[:h, :w]
     return torch.from_numpy(out).reshape(n, c, h, w)
