@@ -108,7 +108,8 @@ def test_haze_head_starts_neutral_and_inverts_the_scattering_model():
 
 # The two layouts cover every operator: shuffle up-sampling, and the shipped grid-free one with the gated haze
 # head (student_base is the same operators, deeper; each trace takes 10-20 s).
-@pytest.mark.parametrize("name,options", [("student_small", {}), ("student_small", GRID_FREE)])
+@pytest.mark.parametrize("name,options", [("student_small", {}), ("student_small", GRID_FREE),
+                                          ("student_small", {**GRID_FREE, "haze_dcp": True})])
 def test_onnx_export_uses_only_native_operators(name, options):
     pytest.importorskip("onnx")
     from unweather.engine.export import trace_graph
@@ -121,7 +122,7 @@ def test_onnx_export_uses_only_native_operators(name, options):
         "Conv", "ConvTranspose", "Relu", "PRelu", "LeakyRelu", "Add", "Mul", "Concat", "Resize",
         "GlobalAveragePool", "ReduceMean", "Sigmoid", "Pad", "DepthToSpace", "SpaceToDepth", "Slice",
         "Constant", "Identity", "Reshape", "Transpose", "Sub", "Exp", "Clip", "Min", "ReduceMin",
-        "ReduceMax",
+        "ReduceMax", "Log",
         "Shape", "Div",  # shape arithmetic for dynamic frame sizes (the 2x2 fold of a frame of any size)
     }  # fmt: skip
     assert used <= allowed, used - allowed
@@ -231,3 +232,36 @@ def test_the_haze_prior_starts_neutral_and_adds_the_dark_channel_gain():
         assert torch.allclose(bright, torch.full_like(bright, head.max_z), atol=1e-5)
         head.prior.bias.fill_(1.0)
         assert float((with_prior(x) - plain(x)).abs().max()) > 1e-3
+
+
+def test_the_dcp_haze_head_reads_the_airlight_from_the_image_and_inverts_the_veil():
+    options = dict(haze_head=True, upsample="bilinear", phase_balance=True, haze_gate=True, haze_max_gain=10.0)
+    torch.manual_seed(0)
+    plain = Student(StudentConfig(**options)).eval()
+    dcp = Student(StudentConfig(**options, haze_dcp=True)).eval()
+    # A trained haze head starts it: the learned airlight is dropped, the strength is new.
+    missing, unexpected = dcp.load_state_dict(dcp.adapt_state_dict(plain.state_dict()), strict=False)
+    assert sorted(missing) == ["haze.prior.bias", "haze.prior.weight"] and not unexpected
+    head = dcp.haze
+    assert 0.01 < 0.95 * float(torch.sigmoid(head.prior.bias.detach())) < 0.03  # nearly neutral, still learning
+    # A scene whose every 14x14 window has a black pixel, veiled uniformly (t = 0.5) under airlight A, with
+    # a sky (t = 0: the airlight itself) on the left, where He et al.'s estimate reads A exactly.
+    gen = torch.Generator().manual_seed(1)
+    scene = torch.rand(1, 3, 64, 96, generator=gen) * 0.7
+    scene[..., ::4, ::4] = 0.0
+    airlight = torch.tensor([0.9, 0.85, 0.8]).view(1, 3, 1, 1)
+    t = torch.full((1, 1, 64, 96), 0.5)
+    t[..., :32] = 0.0
+    hazy = scene * t + airlight * (1 - t)
+    with torch.no_grad():
+        head.prior.bias.fill_(30.0)  # full strength, 0.95
+        head.gate.bias.fill_(30.0)  # gate open
+        g = torch.zeros(1, dcp.config.context_channels, 1, 1)
+        out = head(hazy, g, torch.zeros(1, dcp.config.widths[0], 32, 48))
+    # Far from the sky: dark(I / A) = 1 - t, so t' = 1 - 0.95 (1 - t) and J = A + (I - A) / t'.
+    want = airlight + (hazy - airlight) / (1 - 0.95 * 0.5)
+    torch.testing.assert_close(out[..., 56:], want[..., 56:], atol=1e-5, rtol=0)
+    # The sky is at the airlight: it stays there whatever the gain.
+    torch.testing.assert_close(out[..., :16], hazy[..., :16], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="haze_dcp"):
+        StudentConfig(haze_head=True, haze_dcp=True, haze_prior=True)

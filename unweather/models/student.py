@@ -52,6 +52,11 @@ class StudentConfig:
         haze_max_gain: the largest gain k = 1/t the gated haze head applies (t down to 1/k).
         haze_prior: the haze head adds the dark channel prior's gain, -log(1 - 0.95 dark(I / A)), scaled by a
             global weight read from the haze statistics (0 at the start: a trained head is unchanged).
+        haze_dcp: the haze head's airlight is the image's own (per channel, the brightest of its 14x14-pixel
+            minima, as He et al. read it from the haziest region) and its gain adds the dark channel prior's
+            -log(1 - w dark(I / A)), with w in [0, 0.95] a global haze strength read from the haze statistics
+            (near 0 at the start). A learned airlight was too dark on heavy haze, where inverting the
+            scattering model needs it most; the learned per-pixel gain refines the prior's.
     """
 
     widths: tuple[int, int, int, int] = (16, 32, 48, 64)
@@ -65,6 +70,7 @@ class StudentConfig:
     haze_gate: bool = False
     haze_max_gain: float = 5.0
     haze_prior: bool = False
+    haze_dcp: bool = False
 
     def __post_init__(self) -> None:
         # Options may come back from JSON metadata as lists.
@@ -76,6 +82,8 @@ class StudentConfig:
             raise ValueError(f"upsample must be shuffle or bilinear, not {self.upsample!r}")
         if self.haze_max_gain <= 1.0:
             raise ValueError("haze_max_gain must be above 1")
+        if self.haze_dcp and (self.haze_prior or not self.haze_head):
+            raise ValueError("haze_dcp needs haze_head and replaces haze_prior")
 
 
 class ResBlock(nn.Module):
@@ -205,22 +213,27 @@ class HazeHead(nn.Module):
     stats = 8
 
     def __init__(self, features: int, hidden: int, gate: bool = False, max_gain: float = math.exp(2.5),
-                 prior: bool = False) -> None:
+                 prior: bool = False, dcp: bool = False) -> None:
         super().__init__()
-        self.airlight = nn.Conv2d(hidden + self.stats, 3, 1)
-        self.prior = nn.Conv2d(hidden + self.stats, 1, 1) if prior else None
+        self.dcp = dcp
+        self.airlight = None if dcp else nn.Conv2d(hidden + self.stats, 3, 1)
+        self.prior = nn.Conv2d(hidden + self.stats, 1, 1) if prior or dcp else None
         self.offset = nn.Conv2d(hidden + self.stats, 1, 1)
         self.gain = nn.Conv2d(features + 1, 4, 3, padding=1)
         self.unfold = nn.PixelShuffle(2)
         self.gate = nn.Conv2d(hidden + self.stats, 1, 1) if gate else None
         self.max_z = math.log(max_gain)
         with torch.no_grad():
-            nn.init.normal_(self.airlight.weight, std=0.01)
-            self.airlight.bias.fill_(1.4)  # sigmoid(1.4) = 0.8, a typical airlight
+            if self.airlight is not None:
+                nn.init.normal_(self.airlight.weight, std=0.01)
+                self.airlight.bias.fill_(1.4)  # sigmoid(1.4) = 0.8, a typical airlight
             for conv in (self.offset, self.gain, self.prior):
                 if conv is not None:
                     conv.weight.zero_()
                     conv.bias.zero_()
+            if dcp:
+                # Strength 0.95 sigmoid(-4) = 0.017 at the start: nearly neutral, yet with a gradient to learn from.
+                self.prior.bias.fill_(-4.0)
             if self.gate is not None:
                 # Open at start (sigmoid(4) = 0.98), so a trained head keeps working until it learns to close.
                 self.gate.weight.zero_()
@@ -228,15 +241,25 @@ class HazeHead(nn.Module):
 
     def forward(self, x: torch.Tensor, g: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Dehaze `x` given the pooled vector `g` and half-resolution `features`."""
-        dark = _min_filter(_half_min(x.amin(dim=1, keepdim=True)), 7)
+        # Minima commute: the 2x2 minimum per channel serves the dark channel and the image's own airlight.
+        least = _half_min(x)
+        dark = _min_filter(least.amin(dim=1, keepdim=True), 7)
         stats = torch.cat([x.mean(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True),
                            dark.mean(dim=(2, 3), keepdim=True), dark.amax(dim=(2, 3), keepdim=True)], dim=1)
         h = torch.cat([g, stats], dim=1)
-        airlight = torch.sigmoid(self.airlight(h))
+        if self.dcp:
+            airlight = _min_filter(least, 7).amax(dim=(2, 3), keepdim=True).clamp(min=0.05)
+        else:
+            airlight = torch.sigmoid(self.airlight(h))
         # gain(concat(features, dark)) as two convolutions: CPU kernels are slow on odd channel counts.
         w, b = self.gain.weight, self.gain.bias
         z = F.conv2d(features, w[:, :-1], b, padding=1) + F.conv2d(dark, w[:, -1:], padding=1)
-        if self.prior is not None:
+        if self.dcp:
+            # He et al.'s t = 1 - w dark(I / A); dividing by A per channel commutes with the minima.
+            strength = 0.95 * torch.sigmoid(self.prior(h))
+            t = 1.0 - strength * _min_filter((least / airlight).amin(dim=1, keepdim=True), 7)
+            z = z - torch.log(t.clamp(min=math.exp(-self.max_z)))
+        elif self.prior is not None:
             z = z + self.prior(h) * self._prior_gain(x, airlight)
         z = torch.clamp(self.unfold(z) + self.offset(h), -1.0, self.max_z)
         if self.gate is not None:
@@ -297,7 +320,8 @@ class Student(nn.Module):
         self.head = nn.Conv2d(c0, 12, 3, padding=1)
         self.unfold = nn.PixelShuffle(2)
         self.haze = HazeHead(c0, config.context_channels, config.haze_gate,
-                             config.haze_max_gain if config.haze_gate else math.exp(2.5), config.haze_prior) \
+                             config.haze_max_gain if config.haze_gate else math.exp(2.5), config.haze_prior,
+                             config.haze_dcp) \
             if config.haze_head else None
         # A small initial correction: an untrained student starts near the identity.
         with torch.no_grad():
@@ -347,12 +371,16 @@ class Student(nn.Module):
         return result
 
     def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Return `state` (from a student with other `upsample` options) in this network's layout.
+        """Return `state` (from a student with other `upsample` or haze options) in this network's layout.
 
         A `shuffle` checkpoint starts a `bilinear` network with each Up's phases averaged: the nearest
-        grid-free function, to be fine-tuned. Other weights pass unchanged.
+        grid-free function, to be fine-tuned; a learned airlight is dropped where `haze_dcp` reads the image's.
+        Other weights pass unchanged.
         """
         out = dict(state)
+        if self.config.haze_dcp:
+            # The image's own airlight replaces the learned one.
+            out = {k: v for k, v in out.items() if not k.startswith("haze.airlight.")}
         if self.config.upsample == "bilinear":
             for name in ("up2", "up1", "up0"):
                 key = f"{name}.conv.weight"
