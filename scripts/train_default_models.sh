@@ -312,6 +312,20 @@ quality_dcp() {
     corpus_run quality_dcp student_base unweather/weights/quality.safetensors 128 "$DCP_STEPS" "${DCP_SET[@]}" \
         "${DENSE_VAL[@]}"
 }
+# Trained end to end the strength stayed low (0.3-0.5 on heavy haze, where 0.8-0.95 restores best): it is fitted
+# alone first (scripts/fit_haze_strength.py: the prior's own PSNR at each strength on rendered training frames),
+# then kept fixed with the encoder that feeds it while the rest of the network learns around it.
+FROZEN_ENCODER='haze.prior: 0, stem: 0, down1: 0, enc1: 0, down2: 0, enc2: 0, down3: 0, enc3: 0, context.reduce: 0'
+# dcp_fit_run NAME ARCH INIT CROP [FROZEN...]: the strength fitted on INIT, then the rest trained around it.
+dcp_fit_run() {
+    local name=$1 arch=$2 init=$3 crop=$4 frozen=${5:-}
+    [[ -f "$MODELS/${name}_init.safetensors" ]] || python3 scripts/fit_haze_strength.py "$init" "$MODELS/${name}_init.safetensors"
+    corpus_run "$name" "$arch" "$MODELS/${name}_init.safetensors" "$crop" "$DCP_STEPS" "${DCP_SET[0]}" "${DCP_SET[1]}" \
+        --set "optim.lr_scale={$FROZEN_ENCODER$frozen, haze: 5}" "${DENSE_VAL[@]}"
+}
+# student_small has no residual blocks at full size (enc0 is empty).
+fast_dcp_fit() { dcp_fit_run fast_dcp_fit student_small unweather/weights/fast.safetensors 160; }
+quality_dcp_fit() { dcp_fit_run quality_dcp_fit student_base unweather/weights/quality.safetensors 128 ", enc0: 0"; }
 # quality_kd led on light and medium rain and snow but edited clean frames (39.4 dB, `quality` 50.7): the corpus
 # runs' plain L1 with a third of each batch clean, from it.
 QUALITY_KD_POLISH_STEPS=${QUALITY_KD_POLISH_STEPS:-1000}

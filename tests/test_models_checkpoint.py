@@ -214,3 +214,43 @@ def test_average_weights_writes_the_mean_network_and_refuses_different_ones(tmp_
                              capture_output=True, text=True)
     assert refused.returncode == 1 and "is not the same network" in refused.stderr
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_fit_haze_strength_fits_only_the_strength_and_raises_it_with_the_haze(tmp_path):
+    # scripts/fit_haze_strength.py starts the dcp runs: the prior's strength fitted alone, every other weight kept.
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import cv2
+
+    from unweather.demo import demo_photo
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "fit_haze_strength.py"
+    photo = cv2.imread(str(demo_photo()))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, (y, x) in enumerate(((0, 0), (40, 120), (80, 60))):
+        cv2.imwrite(str(photos / f"p{i}.png"), photo[y:y + 200, x:x + 300])
+    torch.manual_seed(0)
+    net = build("student_small", haze_head=True, upsample="bilinear", phase_balance=True, haze_gate=True).eval()
+    save(net, tmp_path / "in.safetensors")
+    out = tmp_path / "out.safetensors"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "in.safetensors"), str(out), "--images",
+                           str(photos), "--side", "64", "--draws", "1", "--steps", "300", "--threads", "1"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    fitted = load_checkpoint(out)
+    assert fitted.config.haze_dcp and fitted.config.haze_max_gain == 10.0
+    before, after = net.state_dict(), fitted.state_dict()
+    assert {k for k in after if k not in before} == {"haze.prior.weight", "haze.prior.bias"}
+    for key, value in after.items():
+        if key in before:
+            torch.testing.assert_close(value, before[key], msg=key)
+    report = json.loads(read_metadata(out)["haze_strength_fit"])["kinds"]
+    assert report["haze/heavy"]["strength_mean"] > report["clean"]["strength_mean"] + 0.2
+    assert report["haze/heavy"]["psnr_fitted"] > report["haze/heavy"]["psnr_none"]
+    plain = subprocess.run([sys.executable, str(script), str(tmp_path / "in.safetensors"), str(out), "--images",
+                            str(tmp_path / "none")], capture_output=True, text=True)
+    assert plain.returncode == 1 and "no photos" in plain.stderr

@@ -241,30 +241,48 @@ class HazeHead(nn.Module):
 
     def forward(self, x: torch.Tensor, g: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Dehaze `x` given the pooled vector `g` and half-resolution `features`."""
-        # Minima commute: the 2x2 minimum per channel serves the dark channel and the image's own airlight.
-        least = _half_min(x)
-        dark = _min_filter(least.amin(dim=1, keepdim=True), 7)
-        stats = torch.cat([x.mean(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True),
-                           dark.mean(dim=(2, 3), keepdim=True), dark.amax(dim=(2, 3), keepdim=True)], dim=1)
-        h = torch.cat([g, stats], dim=1)
+        least, dark, h = self.read(x, g)
         if self.dcp:
-            airlight = _min_filter(least, 7).amax(dim=(2, 3), keepdim=True).clamp(min=0.05)
+            airlight = self.image_airlight(least)
         else:
             airlight = torch.sigmoid(self.airlight(h))
         # gain(concat(features, dark)) as two convolutions: CPU kernels are slow on odd channel counts.
         w, b = self.gain.weight, self.gain.bias
         z = F.conv2d(features, w[:, :-1], b, padding=1) + F.conv2d(dark, w[:, -1:], padding=1)
-        if self.dcp:
-            # He et al.'s t = 1 - w dark(I / A); dividing by A per channel commutes with the minima.
-            strength = 0.95 * torch.sigmoid(self.prior(h))
-            t = 1.0 - strength * _min_filter((least / airlight).amin(dim=1, keepdim=True), 7)
-            z = z - torch.log(t.clamp(min=math.exp(-self.max_z)))
-        elif self.prior is not None:
+        if self.prior is not None and not self.dcp:
             z = z + self.prior(h) * self._prior_gain(x, airlight)
         z = torch.clamp(self.unfold(z) + self.offset(h), -1.0, self.max_z)
         if self.gate is not None:
             z = z * torch.sigmoid(self.gate(h))
+        if self.dcp:
+            strength = 0.95 * torch.sigmoid(self.prior(h))
+            z = torch.clamp(z - self.dcp_log_t(least, airlight, strength, x.shape[-2:]), -1.0, self.max_z)
         return airlight + (x - airlight) * torch.exp(z)
+
+    def read(self, x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The 2x2 minima of `x` per channel, its dark channel (half resolution) and the global vector h: `g`
+        and the haze statistics, what the airlight, the gate and the strength read."""
+        # Minima commute: the 2x2 minimum per channel serves the dark channel and the image's own airlight.
+        least = _half_min(x)
+        dark = _min_filter(least.amin(dim=1, keepdim=True), 7)
+        stats = torch.cat([x.mean(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True),
+                           dark.mean(dim=(2, 3), keepdim=True), dark.amax(dim=(2, 3), keepdim=True)], dim=1)
+        return least, dark, torch.cat([g, stats], dim=1)
+
+    def image_airlight(self, least: torch.Tensor) -> torch.Tensor:
+        """He et al.'s airlight from the 2x2 minima: per channel, the brightest 14x14-pixel minimum."""
+        return _min_filter(least, 7).amax(dim=(2, 3), keepdim=True).clamp(min=0.05)
+
+    def dcp_log_t(self, least: torch.Tensor, airlight: torch.Tensor, strength: torch.Tensor | float,
+                  size: torch.Size) -> torch.Tensor:
+        """log t (minus the gain) at full resolution (bilinear), He et al.'s t = 1 - w dark(I / A), w the strength.
+
+        Outside the gate, which scales only the learned gain: the strength decides alone how much of the prior
+        applies. Dividing by A per channel commutes with the minima, so the half-resolution minima serve.
+        """
+        t = 1.0 - strength * _min_filter((least / airlight).amin(dim=1, keepdim=True), 7)
+        log_t = torch.log(t.clamp(min=math.exp(-self.max_z)))
+        return F.interpolate(log_t, size=size, mode="bilinear", align_corners=False)
 
     def _prior_gain(self, x: torch.Tensor, airlight: torch.Tensor) -> torch.Tensor:
         """He et al.'s gain -log t, t = 1 - 0.95 dark(I / A), at half resolution (t at least 1 / `max_gain`)."""
