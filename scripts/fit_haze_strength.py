@@ -104,7 +104,7 @@ def main() -> int:
     layer = head.prior
     _start_from_best_strengths(layer, hs, table.argmax(1), grid)
     opt = torch.optim.Adam(layer.parameters(), lr=0.01)
-    for step in range(args.steps):
+    for _ in range(args.steps):
         strength = 0.95 * torch.sigmoid(layer(hs[:, :, None, None]).flatten())
         loss = -_interpolated(table, grid, strength).mean()
         opt.zero_grad()
