@@ -43,6 +43,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rain-by-network", action=argparse.BooleanOptionalAction, default=True,
+                        help="score rain and snow by the whole network's output at each strength: the network "
+                             "removes their mist itself, and the prior alone would ask for strength there")
     parser.add_argument("--max-gain", type=float, default=10.0, help="the head's gain bound (t down to 1 / it)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -92,8 +95,11 @@ def main() -> int:
                     airlight = head.image_airlight(least)
                     row = []
                     for strength in grid:
-                        log_t = head.dcp_log_t(least, airlight, float(strength), x.shape[-2:])
-                        restored = (airlight + (x - airlight) * torch.exp(-log_t)).clamp(0, 1)
+                        if weather in ("rain", "snow") and args.rain_by_network:
+                            restored = _with_strength(net, float(strength), x).clamp(0, 1)
+                        else:
+                            log_t = head.dcp_log_t(least, airlight, float(strength), x.shape[-2:])
+                            restored = (airlight + (x - airlight) * torch.exp(-log_t)).clamp(0, 1)
                         row.append(min(psnr(restored, target), args.cap))
                 features.append(h_vec.flatten())
                 scores.append(row)
@@ -133,6 +139,17 @@ def main() -> int:
     save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(args.out), metadata=meta)
     print(f"wrote {args.out}")
     return 0
+
+
+def _with_strength(net: torch.nn.Module, strength: float, x: torch.Tensor) -> torch.Tensor:
+    """`net(x)` with its haze head's strength set to `strength` whatever the image."""
+    layer = net.haze.prior
+    logit = torch.logit(torch.tensor(strength / 0.95).clamp(1e-6, 1 - 1e-6))
+    layer.forward = lambda h: torch.full((h.shape[0], 1, 1, 1), float(logit), dtype=h.dtype)
+    try:
+        return net(x)
+    finally:
+        del layer.forward
 
 
 @torch.no_grad()
