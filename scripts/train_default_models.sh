@@ -303,8 +303,8 @@ fast_more() {
 # scored 18.3 dB on heavy haze with a strength of 0.95 and 27 on medium with 0.5. The strength is learned per
 # image (a global weight from the haze statistics); the gain bound goes to 10 (t down to 0.1, as the prior's).
 DCP_STEPS=${DCP_STEPS:-1000}
-DCP_SET=(--set 'model.options={haze_head: true, upsample: bilinear, phase_balance: true, haze_gate: true, haze_dcp: true, haze_max_gain: 10.0}'
-         --set 'optim.lr_scale={haze.prior: 100, haze: 5}')
+DCP_OPTIONS=(--set 'model.options={haze_head: true, upsample: bilinear, phase_balance: true, haze_gate: true, haze_dcp: true, haze_max_gain: 10.0}')
+DCP_SET=("${DCP_OPTIONS[@]}" --set 'optim.lr_scale={haze.prior: 100, haze: 5}')
 fast_dcp() {
     corpus_run fast_dcp student_small unweather/weights/fast.safetensors 160 "$DCP_STEPS" "${DCP_SET[@]}" "${DENSE_VAL[@]}"
 }
@@ -320,7 +320,7 @@ FROZEN_ENCODER='haze.prior: 0, stem: 0, down1: 0, enc1: 0, down2: 0, enc2: 0, do
 dcp_fit_run() {
     local name=$1 arch=$2 init=$3 crop=$4 frozen=${5:-}
     [[ -f "$MODELS/${name}_init.safetensors" ]] || python3 scripts/fit_haze_strength.py "$init" "$MODELS/${name}_init.safetensors"
-    corpus_run "$name" "$arch" "$MODELS/${name}_init.safetensors" "$crop" "$DCP_STEPS" "${DCP_SET[0]}" "${DCP_SET[1]}" \
+    corpus_run "$name" "$arch" "$MODELS/${name}_init.safetensors" "$crop" "$DCP_STEPS" "${DCP_OPTIONS[@]}" \
         --set "optim.lr_scale={$FROZEN_ENCODER$frozen, haze: 5}" "${DENSE_VAL[@]}"
 }
 # student_small has no residual blocks at full size (enc0 is empty).
